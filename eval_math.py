@@ -1,0 +1,190 @@
+"""Grade a checkpoint on the math test split, and read its decoding schedule Ŝ.
+
+    python eval_math.py --ckpt runs/default/sft4.pt --block-size 4
+    python eval_math.py --ckpt runs/default/tstar16.pt --block-size 16 --rule static --schedule
+
+One row per call: accuracy, tokens per forward (TPF, every forward counted), tokens/s,
+with block size, rule, device and seed. `--schedule` adds the Ŝ analysis (DESIGN §9)
+from the greedy traces: left-to-right fraction, within-block Kendall τ between position
+and commit step, tokens per step, an ASCII grid of commit steps for a few blocks, and the
+per-position accuracy/confidence table of a whole block decoded in one forward.
+
+Grading follows GSM8K: the number after the last '####' (fallback: the last number in
+the text), exact integer match; an answer that never produced <|eos|> is wrong.
+"""
+import argparse
+import json
+import re
+import sys
+import time
+
+import torch
+
+from data.task import DataError, encode_prompts, make_splits, read_jsonl
+from data.tokenizer import decode
+from model import CheckpointError, load_checkpoint, pick_device
+from sample import RULES, generate, generate_ar
+
+_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_answer(text: str):
+    """The final answer as a string of digits (commas removed), or None."""
+    if "####" in text:
+        m = _NUM.search(text.rsplit("####", 1)[1])
+        if m:
+            return m.group().replace(",", "")
+    nums = _NUM.findall(text)
+    return nums[-1].replace(",", "") if nums else None
+
+
+def is_correct(response: str, gold_answer: str, finished: bool = True) -> bool:
+    if not finished:
+        return False
+    got, want = extract_answer(response), extract_answer(gold_answer)
+    if got is None or want is None:
+        return False
+    try:
+        return float(got) == float(want)
+    except ValueError:
+        return False
+
+
+@torch.no_grad()
+def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
+             steps: int = None, batch_size: int = 512, seed: int = 0):
+    """Greedy decoding of `rows` at `block_size` (0 = AR). Returns a dict with accuracy,
+    tpf, tokens/s and the raw decode outputs (for the schedule analysis)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    prompts = encode_prompts([r["question"] for r in rows], model.cfg.prompt_len)
+    outs, t0 = [], time.time()
+    for i in range(0, len(rows), batch_size):
+        p = prompts[i:i + batch_size].to(dev)
+        if block_size == 0:
+            outs.append(generate_ar(model, p))
+        else:
+            outs.append(generate(model, p, block_size, rule, threshold, steps))
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    secs = time.time() - t0
+    out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    texts = [decode(t) for t in out["tokens"]]
+    correct = [is_correct(t, r["answer"], bool(f)) for t, r, f in zip(texts, rows, out["finished"])]
+    n_tok = out["n_gen"].sum().item()
+    return dict(block_size=block_size, rule="ar" if block_size == 0 else rule,
+                threshold=threshold if rule == "dynamic" else None,
+                accuracy=sum(correct) / len(rows), tpf=n_tok / out["nfe"].sum().item(),
+                tokens_per_s=n_tok / secs, seconds=secs, n=len(rows), device=dev.type, seed=seed,
+                texts=texts, correct=correct, out=out)
+
+
+# ----------------------------------------------------------------------------- Ŝ analysis
+
+def _kendall_tau(x, y):
+    """Kendall's τ-b between two 1-D sequences (ties allowed); None if undefined."""
+    n, conc, disc, tx, ty = len(x), 0, 0, 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tx += 1
+            elif dy == 0:
+                ty += 1
+            elif (dx > 0) == (dy > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
+    return (conc - disc) / denom if denom else None
+
+
+def schedule_stats(step: torch.Tensor, block_size: int):
+    """Ŝ statistics from a step map [N, A] (-1 = not decoded).
+
+    left_to_right: share of denoising steps whose committed set is exactly the leftmost
+    still-masked positions of the block; kendall_tau: mean over blocks with >= 2 decoded
+    positions of τ(position, commit step), 1.0 = strictly left to right; tokens_per_step:
+    mean committed tokens per denoising step."""
+    ltr_steps = n_steps = 0
+    taus, per_step = [], []
+    N, A = step.shape
+    for n in range(N):
+        for s in range(0, A, block_size):
+            blk = step[n, s:s + block_size].tolist()
+            idx = [i for i, v in enumerate(blk) if v >= 0]
+            if not idx:
+                continue
+            remaining = sorted(idx)
+            for v in sorted(set(blk[i] for i in idx)):
+                committed = [i for i in idx if blk[i] == v]
+                n_steps += 1
+                per_step.append(len(committed))
+                ltr_steps += committed == remaining[:len(committed)]
+                remaining = [i for i in remaining if blk[i] != v]
+            if len(idx) >= 2:
+                t = _kendall_tau(idx, [blk[i] for i in idx])
+                if t is not None:
+                    taus.append(t)
+    return dict(left_to_right=ltr_steps / max(n_steps, 1),
+                kendall_tau=sum(taus) / len(taus) if taus else float("nan"),
+                tokens_per_step=sum(per_step) / max(len(per_step), 1))
+
+
+def schedule_grid(step: torch.Tensor, tokens: torch.Tensor, block_size: int, n_blocks: int = 4):
+    """ASCII picture: for a few blocks, the within-block step rank at which each position
+    was committed (0 = first step; '.' = not decoded), under the decoded text."""
+    lines = []
+    for n in range(min(n_blocks, step.shape[0])):
+        blk = step[n, :block_size].tolist()
+        order = {v: r for r, v in enumerate(sorted(set(v for v in blk if v >= 0)))}
+        ranks = "".join("." if v < 0 else "0123456789abcdefghijklmnopqrstuvwxyz"[min(order[v], 35)]
+                        for v in blk)
+        text = decode(tokens[n, :block_size]).ljust(block_size)[:block_size].replace("\n", " ")
+        lines.append(f"  {text!s}  |  {ranks}")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Evaluate a tstar checkpoint on the math test split.")
+    ap.add_argument("--ckpt", required=True, help="checkpoint (.pt)")
+    ap.add_argument("--block-size", type=int, default=4, help="decode block size (0 = AR decoding)")
+    ap.add_argument("--rule", default="dynamic", choices=RULES, help="commit rule")
+    ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule confidence threshold")
+    ap.add_argument("--steps", type=int, default=None, help="steps per block for static/ltr (default: block size)")
+    ap.add_argument("--test-jsonl", default=None, help="GSM8K-style test file (default: the generated test split)")
+    ap.add_argument("--n", type=int, default=None, help="evaluate only the first N problems")
+    ap.add_argument("--schedule", action="store_true", help="also print the Ŝ schedule analysis")
+    ap.add_argument("--json", action="store_true", help="print the row as JSON")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    a = ap.parse_args()
+    try:
+        dev = pick_device(a.device)
+        model, meta = load_checkpoint(a.ckpt, dev)
+        if a.test_jsonl:
+            rows = read_jsonl(a.test_jsonl)
+        else:
+            task = meta.get("task", {})
+            rows = make_splits(task.get("level", 2), 0, task.get("n_test", 300), task.get("seed", 0))[1]
+        rows = rows[:a.n] if a.n else rows
+        r = evaluate(model, rows, a.block_size, a.rule, a.threshold, a.steps)
+    except (CheckpointError, DataError) as e:
+        sys.exit(f"error: {e}")
+    row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
+    if a.json:
+        print(json.dumps(row))
+    else:
+        print(f"{a.ckpt}  B={a.block_size} rule={row['rule']}  acc {100 * row['accuracy']:.1f}%  "
+              f"TPF {row['tpf']:.2f}  {row['tokens_per_s']:.0f} tok/s  ({row['n']} problems, "
+              f"{row['device']}, seed {row['seed']}, {row['seconds']:.1f}s)")
+    if a.schedule and a.block_size > 0:
+        st = schedule_stats(r["out"]["step"], a.block_size)
+        print(f"Ŝ: left-to-right {st['left_to_right']:.2f}  Kendall τ {st['kendall_tau']:.2f}  "
+              f"tokens/step {st['tokens_per_step']:.2f}")
+        print(schedule_grid(r["out"]["step"], r["out"]["tokens"], a.block_size))
+
+
+if __name__ == "__main__":
+    main()

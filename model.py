@@ -1,0 +1,286 @@
+"""A small GPT that is both an AR model and a block-diffusion MDM, with a KV cache.
+
+    python model.py          # prints the default config and its parameter count
+
+One transformer, three attention patterns, all built by `attention_mask` from a
+per-position block id (DESIGN §4):
+  * causal: AR pre-training (train.py --stage ar).
+  * block-causal: inference. A token sees every earlier block and its own block.
+  * training layout [prompt | clean answer | noisy answer]: the noisy copy reuses the
+    clean position ids; noisy block k sees the prompt, clean blocks < k and noisy block k,
+    and clean tokens never see noisy ones. One forward trains every block with exactly
+    the context the sampler has at inference (SDAR / BD3-LM's "vectorised" layout).
+
+Prediction convention (SDAR's): the output at a masked position predicts the token at
+that position, no shift; the AR weights are only the initialisation.
+
+The prompt sits in a fixed, left-padded area of `prompt_len` tokens and is causal within
+itself in every pattern, so prefill is plain AR prefill. Simplified from the paper:
+learned absolute positions instead of Qwen3's RoPE (DESIGN §11 measured RoPE no better
+here), LayerNorm, GELU MLP, no dropout by default.
+"""
+import functools
+import json
+import math
+import os
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data.tokenizer import MASK_ID, PAD_ID, VOCAB_SIZE
+
+
+@dataclass
+class GPTConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    vocab_size: int = VOCAB_SIZE
+    max_seq_len: int = 48      # prompt area + answer area
+    prompt_len: int = 16       # fixed, left-padded prompt area
+    dropout: float = 0.0
+
+    @property
+    def answer_len(self) -> int:
+        return self.max_seq_len - self.prompt_len
+
+
+# ----------------------------------------------------------------------------- masks
+
+def attention_mask(q_bid, q_noisy, q_pos, k_bid, k_noisy, k_pos):
+    """Boolean [Tq, Tk] mask, True where query may attend key.
+
+    bid is the diffusion block index of a position (-1 for the prompt), noisy marks the
+    noisy copy. Rules: the prompt is causal; a clean token sees the prompt and clean
+    blocks <= its own; a noisy token sees the prompt, clean blocks < its own and noisy
+    tokens of its own block. Everything else is hidden."""
+    qb, kb = q_bid[:, None], k_bid[None, :]
+    qn, kn = q_noisy[:, None], k_noisy[None, :]
+    prompt = (qb < 0) & (kb < 0) & (k_pos[None, :] <= q_pos[:, None])
+    clean = ~qn & ~kn & (qb >= 0) & (kb <= qb)
+    noisy = qn & ((~kn & (kb < qb)) | (kn & (kb == qb)))
+    return prompt | clean | noisy
+
+
+def answer_block_ids(answer_len: int, block_size: int, shift: int = 0, device=None):
+    """Block id of every answer position. shift in [0, block_size) moves the grid so the
+    first block holds block_size - shift positions (random block offsets in SFT)."""
+    return (torch.arange(answer_len, device=device) + shift) // block_size
+
+
+@functools.lru_cache(maxsize=64)
+def training_layout(prompt_len: int, answer_len: int, block_size: int, shift: int = 0,
+                    device: str = "cpu"):
+    """(pos, mask) for the [prompt | clean | noisy] training sequence of length P + 2A."""
+    P, A = prompt_len, answer_len
+    ab = answer_block_ids(A, block_size, shift, device)
+    bid = torch.cat([torch.full((P,), -1, device=device), ab, ab])
+    noisy = torch.cat([torch.zeros(P + A, dtype=torch.bool, device=device),
+                       torch.ones(A, dtype=torch.bool, device=device)])
+    pos = torch.cat([torch.arange(P + A, device=device), torch.arange(P, P + A, device=device)])
+    return pos, attention_mask(bid, noisy, pos, bid, noisy, pos)
+
+
+def block_causal_layout(prompt_len: int, answer_len: int, block_size: int, device="cpu"):
+    """(pos, mask) for inference without a cache: prompt causal, answer block-causal."""
+    ab = answer_block_ids(answer_len, block_size, 0, device)
+    bid = torch.cat([torch.full((prompt_len,), -1, device=device), ab])
+    noisy = torch.zeros(prompt_len + answer_len, dtype=torch.bool, device=device)
+    pos = torch.arange(prompt_len + answer_len, device=device)
+    return pos, attention_mask(bid, noisy, pos, bid, noisy, pos)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+class KVCache:
+    """Keys and values of the prompt and every finished block: O(L) per sequence,
+    preallocated to max_seq_len. All rows share one length, since prompts are padded to
+    one width and the batch decodes block by block in lockstep."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, device, dtype=torch.float32):
+        hd = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch, cfg.n_head, cfg.max_seq_len, hd)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.bid = torch.zeros(cfg.max_seq_len, dtype=torch.long, device=device)
+        self.len = 0
+
+    def keep(self, rows: torch.Tensor):
+        """Drop finished sequences (rows = indices to keep)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
+
+# ----------------------------------------------------------------------------- model
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, mask, past_k=None, past_v=None):
+        N, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(N, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        kk = k if past_k is None else torch.cat([past_k.to(k.dtype), k], dim=2)
+        vv = v if past_v is None else torch.cat([past_v.to(v.dtype), v], dim=2)
+        y = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(N, T, C)), k, v
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.n_embd), nn.LayerNorm(cfg.n_embd)
+        self.attn = SelfAttention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
+                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd))
+
+    def forward(self, x, mask, past_k=None, past_v=None):
+        a, k, v = self.attn(self.ln1(x), mask, past_k, past_v)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), k, v
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied embeddings
+        self.apply(self._init)
+        for n, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if n.endswith("proj.weight") or n.endswith("mlp.2.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def head(self, x):
+        """Final norm + tied LM head. <|mask|> and <|pad|> are never outputs: if the sampler
+        could draw <|mask|>, a position would stay masked forever."""
+        logits = self.lm_head(self.ln_f(x))
+        logits[..., MASK_ID] = -math.inf
+        logits[..., PAD_ID] = -math.inf
+        return logits
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
+
+    def forward(self, idx, targets=None, pos=None, mask=None):
+        """Full-sequence forward. idx [N, T]; pos [T] position ids (default 0..T-1);
+        mask [T, T] bool (default causal). Returns (logits, loss); loss is the mean CE
+        over targets != -1 (None without targets)."""
+        T = idx.shape[1]
+        if pos is None:
+            pos = torch.arange(T, device=idx.device)
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        x = self.wte(idx) + self.wpe(pos)
+        for blk in self.blocks:
+            x, _, _ = blk(x, mask)
+        logits = self.head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    def decode_step(self, cache: KVCache, pending, pending_bid: int, block=None, block_bid: int = 0):
+        """One cached forward. `pending` [N, Tp] are clean tokens not yet in the cache (the
+        prompt, or the block just finished, or the last AR token); their keys/values are
+        written to the cache. `block` [N, Tb] is the noisy block being denoised (None for
+        AR decoding); it attends to the cache, the pending tokens and itself, and is not
+        cached. Fusing the KV write of a finished block into the next block's first
+        denoising step means every forward counted in TPF also denoises.
+        Returns logits of the block (or of the pending tokens when block is None)."""
+        dev = pending.device
+        L, Tp = cache.len, pending.shape[1]
+        Tb = 0 if block is None else block.shape[1]
+        x_idx = pending if block is None else torch.cat([pending, block], dim=1)
+        pos = torch.arange(L, L + Tp + Tb, device=dev)
+        q_bid = torch.cat([torch.full((Tp,), pending_bid, device=dev),
+                           torch.full((Tb,), block_bid, device=dev)])
+        q_noisy = torch.arange(Tp + Tb, device=dev) >= Tp
+        cache.bid[L:L + Tp] = pending_bid
+        k_bid = torch.cat([cache.bid[:L], q_bid])
+        k_noisy = torch.cat([torch.zeros(L, dtype=torch.bool, device=dev), q_noisy])
+        k_pos = torch.arange(L + Tp + Tb, device=dev)
+        mask = attention_mask(q_bid, q_noisy, pos, k_bid, k_noisy, k_pos)
+        if pending_bid >= 0 and block is None:
+            # AR decoding: each generated token is its own block of one, i.e. causal.
+            mask = k_pos[None, :] <= pos[:, None]
+        x = self.wte(x_idx) + self.wpe(pos)
+        for i, blk in enumerate(self.blocks):
+            x, k, v = blk(x, mask, cache.k[i, :, :, :L], cache.v[i, :, :, :L])
+            cache.k[i, :, :, L:L + Tp] = k[:, :, :Tp]
+            cache.v[i, :, :, L:L + Tp] = v[:, :, :Tp]
+        cache.len = L + Tp
+        out = x if block is None else x[:, Tp:]
+        return self.head(out)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+class CheckpointError(RuntimeError):
+    """A missing, unreadable or mismatched checkpoint; the message is one line."""
+
+
+def save_checkpoint(path: str, model: GPT, meta: dict) -> None:
+    """Atomic save: write a temp file, then os.replace, so a killed run never leaves a
+    half-written checkpoint. The config travels inside the file and in a JSON sidecar
+    (path + '.json') that people and the resume logic can read without torch."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    meta = dict(meta, config=asdict(model.cfg))
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, path)
+    with open(tmp + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp + ".json", path + ".json")
+
+
+def load_checkpoint(path: str, device="cpu", expect: GPTConfig = None):
+    """Returns (model, meta). Fails with one line if the file is missing or broken, or if
+    `expect` is given and the stored config differs from it."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+        cfg = GPTConfig(**ck["meta"]["config"])
+    except Exception as e:  # a truncated or foreign file: say so in one line
+        raise CheckpointError(f"checkpoint {path} is not a tstar checkpoint ({type(e).__name__})") from None
+    if expect is not None and asdict(cfg) != asdict(expect):
+        diff = {k: (v, asdict(expect)[k]) for k, v in asdict(cfg).items() if asdict(expect)[k] != v}
+        raise CheckpointError(f"checkpoint {path} was made with a different config "
+                              f"(stored vs wanted: {diff}); use another --out or matching flags")
+    model = GPT(cfg).to(device)
+    model.load_state_dict(ck["model"])
+    return model, ck["meta"]
+
+
+def pick_device(name: str = "auto") -> str:
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+if __name__ == "__main__":
+    cfg = GPTConfig()
+    print(asdict(cfg))
+    print(f"parameters (excluding position embeddings): {GPT(cfg).num_params() / 1e6:.2f}M")

@@ -1,0 +1,195 @@
+"""The block-parallel sampler (and plain AR decoding, the speed baseline).
+
+    python sample.py --ckpt runs/default/sft4.pt --block-size 4 --prompt "23+4*6-9"
+    python sample.py --ckpt runs/default/tstar16.pt --block-size 16 --rule dynamic --threshold 0.9
+
+Block by block, left to right (DESIGN §6). A block starts fully masked; each denoising
+step is one forward of the block against the KV cache; a token is sampled at every
+masked position and some are committed:
+  * static:  the k most confident, k = ceil(block / steps);
+  * ltr:     the k leftmost still-masked positions (plain left-to-right);
+  * dynamic: every position whose sampled token has probability >= threshold, or the
+             single most confident one if none does (Fast-dLLM / SDAR's rule).
+The finished block is written to the cache by the *next* block's first step (one fused
+forward), so every forward counted in tokens-per-forward (TPF) also denoises; the
+prompt prefill is fused into the first block's first step the same way.
+
+For every generated token we record the sequence's forward index at which it was
+committed (the trace, TraceRL's step map) and its log-probability under the sampling
+policy. A sequence stops as soon as it has committed <|eos|> with no mask before it;
+TPF = tokens up to and including that eos / forwards the sequence took part in.
+Simplified from the paper's stack: no remasking, lockstep batches (a forward runs while
+any row of the batch still has masks; rows that are done do not count it).
+"""
+import argparse
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from data.task import DataError, encode_prompts
+from data.tokenizer import EOS_ID, MASK_ID, decode
+from model import CheckpointError, KVCache, load_checkpoint, pick_device
+
+RULES = ("dynamic", "static", "ltr")
+
+
+def _choose(rule, conf, cand, need, threshold, k):
+    """Which candidates to commit this step. conf [n, Tb] fp32, cand [n, Tb] bool."""
+    if rule == "dynamic":
+        commit = cand & (conf >= threshold)
+        score = conf
+        k = 1  # fall back to the single most confident where nothing clears the bar
+    else:
+        commit = torch.zeros_like(cand)
+        # ltr scores positions by -index so topk picks the leftmost masked ones
+        score = conf if rule == "static" else -torch.arange(cand.shape[1], device=cand.device,
+                                                            dtype=conf.dtype).expand_as(conf)
+    top = score.masked_fill(~cand, -math.inf).topk(min(k, cand.shape[1]), dim=1).indices
+    pick = torch.zeros_like(cand).scatter_(1, top, True) & cand
+    if rule == "dynamic":
+        pick &= ~commit.any(1, keepdim=True)
+    return (commit | pick) & need[:, None]
+
+
+@torch.no_grad()
+def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
+             steps: int = None, temperature: float = 0.0, generator: torch.Generator = None):
+    """Decode the answer area for a batch of left-padded prompts [N, P].
+
+    Returns a dict of CPU tensors: tokens [N, A] (eos where never decoded), step [N, A] (the
+    sequence's forward index that committed each token, -1 if never decoded), logp [N, A]
+    (fp32 log-prob of the committed token under the sampling policy), n_gen [N] (tokens up
+    to and including the first eos, A if none), nfe [N] (forwards each row took part in),
+    finished [N] (an eos was produced)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+    cfg, dev = model.cfg, prompts.device
+    N, A = prompts.shape[0], cfg.answer_len
+    k_static = math.ceil(block_size / (steps or block_size))
+    tokens = torch.full((N, A), MASK_ID, dtype=torch.long, device=dev)
+    step = torch.full((N, A), -1, dtype=torch.long, device=dev)
+    logp = torch.zeros(N, A, dtype=torch.float32, device=dev)
+    nfe = torch.zeros(N, dtype=torch.long, device=dev)
+    done = torch.zeros(N, dtype=torch.bool, device=dev)
+    cache = KVCache(cfg, N, dev)
+    rows = torch.arange(N, device=dev)              # global indices of the rows in the cache
+    pending, pending_bid = prompts, -1
+    for b, start in enumerate(range(0, A, block_size)):
+        end = min(start + block_size, A)
+        blk = tokens[rows, start:end]
+        while True:
+            masked = blk == MASK_ID
+            need = masked.any(1) & ~done[rows]
+            if not need.any():
+                break
+            logits = model.decode_step(cache, pending, pending_bid, blk, b).float()
+            pending = pending[:, :0]
+            if temperature > 0:
+                lp_all = F.log_softmax(logits / temperature, dim=-1)
+                tok = torch.multinomial(lp_all.exp().view(-1, lp_all.shape[-1]), 1,
+                                        generator=generator).view(blk.shape)
+            else:
+                lp_all = F.log_softmax(logits, dim=-1)
+                tok = lp_all.argmax(-1)
+            lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
+            commit = _choose(rule, lp.exp(), masked, need, threshold, k_static)
+            blk = torch.where(commit, tok, blk)
+            step[rows, start:end] = torch.where(commit, nfe[rows, None], step[rows, start:end])
+            logp[rows, start:end] = torch.where(commit, lp, logp[rows, start:end])
+            nfe[rows] += need.long()
+            # Done: an eos is committed and nothing before it is still masked.
+            is_eos = blk == EOS_ID
+            first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), blk.shape[1])
+            before = torch.arange(blk.shape[1], device=dev)[None, :] < first_eos[:, None]
+            done[rows] |= is_eos.any(1) & ~((blk == MASK_ID) & before).any(1)
+        tokens[rows, start:end] = blk
+        keep = ~done[rows]
+        if not keep.any():
+            break
+        if not keep.all():  # drop finished rows from the cache: no work is spent on them
+            cache.keep(keep.nonzero().squeeze(1))
+            rows, blk = rows[keep], blk[keep]
+        pending, pending_bid = blk, b
+    # Positions never decoded (after a row stopped) read as eos, with step -1. Tokens that
+    # were committed after the first eos stay as they were: they are part of the state the
+    # sampler saw, which TraceRL's rows must reproduce exactly.
+    tokens = tokens.masked_fill(step < 0, EOS_ID)
+    is_eos = tokens == EOS_ID
+    has_eos = is_eos.any(1)
+    n_gen = torch.where(has_eos, is_eos.long().argmax(1) + 1, A)
+    out = dict(tokens=tokens, step=step, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
+    return {k: v.cpu() for k, v in out.items()}
+
+
+@torch.no_grad()
+def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Generator = None):
+    """Plain AR decoding with a KV cache, one token per forward (the speed baseline, and
+    the way to decode the AR checkpoint). Same output dict as `generate`."""
+    cfg, dev = model.cfg, prompts.device
+    N, A = prompts.shape[0], cfg.answer_len
+    tokens = torch.full((N, A), EOS_ID, dtype=torch.long, device=dev)
+    logp = torch.zeros(N, A, dtype=torch.float32, device=dev)
+    nfe = torch.zeros(N, dtype=torch.long, device=dev)
+    done = torch.zeros(N, dtype=torch.bool, device=dev)
+    cache = KVCache(cfg, N, dev)
+    logits = model.decode_step(cache, prompts, -1)[:, -1]
+    for i in range(A):
+        logits = logits.float()
+        lp_all = F.log_softmax(logits / (temperature or 1.0), dim=-1)
+        tok = (torch.multinomial(lp_all.exp(), 1, generator=generator).squeeze(1)
+               if temperature > 0 else lp_all.argmax(-1))
+        tok = tok.masked_fill(done, EOS_ID)
+        tokens[:, i] = tok
+        logp[:, i] = lp_all.gather(-1, tok[:, None]).squeeze(1)
+        nfe += (~done).long()
+        done |= tok == EOS_ID
+        if done.all() or i == A - 1:
+            break
+        logits = model.decode_step(cache, tok[:, None], cfg.prompt_len + i)[:, -1]
+    is_eos = tokens == EOS_ID
+    has_eos = is_eos.any(1)
+    n_gen = torch.where(has_eos, is_eos.long().argmax(1) + 1, A)
+    step = torch.where(torch.arange(A, device=dev)[None, :] < n_gen[:, None],
+                       torch.arange(A, device=dev)[None, :], -1)
+    out = dict(tokens=tokens, step=step, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Decode prompts with a tstar checkpoint.")
+    ap.add_argument("--ckpt", required=True, help="checkpoint (.pt) written by train.py/tracerl.py")
+    ap.add_argument("--prompt", action="append", default=None,
+                    help="a question (repeatable); default: three test-style examples")
+    ap.add_argument("--block-size", type=int, default=4, help="diffusion block size (0 = AR decoding)")
+    ap.add_argument("--rule", default="dynamic", choices=RULES, help="commit rule")
+    ap.add_argument("--threshold", type=float, default=0.9, help="confidence threshold (dynamic rule)")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps per block (static/ltr rules)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    a = ap.parse_args()
+    try:
+        dev = pick_device(a.device)
+        model, _ = load_checkpoint(a.ckpt, dev)
+        model.eval()
+        qs = a.prompt or ["23+4*6-9", "7*8-15", "12+19-4"]
+        prompts = encode_prompts(qs, model.cfg.prompt_len).to(dev)
+    except (CheckpointError, DataError) as e:
+        sys.exit(f"error: {e}")
+    g = torch.Generator(device=dev).manual_seed(a.seed)
+    t0 = time.time()
+    if a.block_size == 0:
+        out = generate_ar(model, prompts, a.temperature, g)
+    else:
+        out = generate(model, prompts, a.block_size, a.rule, a.threshold, a.steps, a.temperature, g)
+    dt = time.time() - t0
+    for q, ids in zip(qs, out["tokens"]):
+        print(f"{q} -> {decode(ids)}")
+    print(f"TPF {out['n_gen'].sum().item() / out['nfe'].sum().item():.2f}  ({dt:.2f}s)")
+
+
+if __name__ == "__main__":
+    main()

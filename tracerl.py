@@ -1,0 +1,247 @@
+"""TraceRL: trajectory-aware RL for a block-diffusion policy (DESIGN §7).
+
+    python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --steps 40 --out runs/x/rl8.pt
+
+One RL step reads top to bottom as: rollouts -> rewards -> advantages -> rows -> update.
+  1. rollouts: P prompts x K samples at temperature 1, dynamic decoding at the rollout
+     block size, with the trace (commit step of every token) and its log-probs recorded;
+  2. reward: 1 if the graded answer is right, else 0 (no eos = 0);
+  3. advantage: z-score within each prompt's K samples (population std, 0 when std = 0);
+     groups whose accuracy is outside --acc-band are dropped for the step;
+  4. rows: the trace is cut into rounds; in round r every block's r-th (merged) step
+     gives the targets, and every position decoded at that step or later is masked, i.e.
+     exactly the state the sampler saw (TraceRL's trajectory-aware training);
+  5. update: PPO-clip on ρ = π_θ / π_old per target token plus a k3 KL penalty, summed
+     over a response and divided by its length, fp32 log-probs, grad clip, AdamW.
+
+π_old is the sampler's recorded log-prob; tests/ checks it equals the recomputation in
+the training layout. When rollouts use another block size than training (the warm-up
+of a block-size change) the states differ, so π_old is recomputed in the training
+layout once per step. Simplified from the paper: no value model by default (see
+--value-model in issue 5), binary reward only, a single process by default.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from data.task import DataError, add_task_args, encode_prompts, load_task, task_from_args
+from data.tokenizer import MASK_ID, decode
+from eval_math import is_correct
+from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint, training_layout
+from sample import generate
+
+
+# ----------------------------------------------------------------------------- maths
+
+def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0)):
+    """rewards [P, K] -> (advantages [P, K], kept [P]). Population-std z-score inside each
+    group; a group is kept iff its accuracy lies in [lo, hi] and it has any variance."""
+    mean = rewards.mean(1, keepdim=True)
+    std = rewards.std(1, unbiased=False, keepdim=True)
+    adv = torch.where(std > 0, (rewards - mean) / std.clamp_min(1e-8), torch.zeros_like(rewards))
+    acc = mean.squeeze(1)
+    kept = (acc >= band[0]) & (acc <= band[1]) & (std.squeeze(1) > 0)
+    return adv * kept[:, None], kept
+
+
+def step_ranks(step: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
+    """Per-position round index from a step map [A] (-1 = never decoded -> large).
+    Inside each block the distinct commit steps are sorted; shrinkage merges every
+    `shrink` neighbouring steps into one action."""
+    A = step.shape[0]
+    ranks = torch.full((A,), 10 ** 6, dtype=torch.long)
+    for s in range(0, A, block_size):
+        blk = step[s:s + block_size]
+        dec = blk >= 0
+        if dec.any():
+            uniq = torch.unique(blk[dec])  # sorted
+            ranks[s:s + block_size][dec] = torch.searchsorted(uniq, blk[dec]) // shrink
+    return ranks
+
+
+def trace_rows(step: torch.Tensor, block_size: int, shrink: int = 1):
+    """The rounds of one response: a list of (noisy_mask [A], target [A]) bool pairs.
+    Round r masks every position with rank >= r (and every never-decoded one) and
+    targets the positions with rank == r, in all blocks at once."""
+    ranks = step_ranks(step, block_size, shrink)
+    decoded = step >= 0
+    n_rounds = int(ranks[decoded].max()) + 1 if decoded.any() else 0
+    return [(ranks >= r, ranks == r) for r in range(n_rounds)]
+
+
+def policy_loss(new_lp, old_lp, adv, weight, eps: float = 0.2, beta: float = 0.01):
+    """PPO-clip + k3 KL, per target token. All [T] fp32; weight = 1/L_resp/n_resp.
+    Returns (loss, clip fraction, mean k3 KL)."""
+    delta = new_lp - old_lp
+    ratio = delta.exp()
+    pg = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+    k3 = torch.exp(-delta) - 1 + delta
+    loss = (weight * (-pg + beta * k3)).sum()
+    clipped = ((ratio - 1).abs() > eps).float().mean() if ratio.numel() else ratio.new_zeros(())
+    return loss, clipped, k3.mean() if k3.numel() else k3.new_zeros(())
+
+
+def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int):
+    """fp32 log-probs of the target tokens of a batch of rows in the training layout.
+    prompts [R, P], clean [R, A] (final response), noisy_mask/target [R, A] bool.
+    Returns a flat [T] tensor in row-major order of target positions."""
+    P, A = prompts.shape[1], clean.shape[1]
+    pos, mask = training_layout(P, A, block_size, 0, str(clean.device))
+    idx = torch.cat([prompts, clean, clean.masked_fill(noisy_mask, MASK_ID)], 1)
+    logits, _ = model(idx, pos=pos, mask=mask)
+    lp = F.log_softmax(logits[:, P + A:].float(), dim=-1).gather(-1, clean[..., None]).squeeze(-1)
+    return lp[target]
+
+
+# ----------------------------------------------------------------------------- one RL step
+
+@torch.no_grad()
+def rollout(model, rows, n_prompts, k, block_size, threshold, gen):
+    """Sample P prompts, K responses each; grade them. Returns a dict of tensors."""
+    dev = next(model.parameters()).device
+    pick = torch.randint(len(rows), (n_prompts,), generator=gen, device=dev).tolist()
+    group = [rows[i] for i in pick]
+    prompts = encode_prompts([r["question"] for r in group], model.cfg.prompt_len)
+    prompts = prompts.repeat_interleave(k, 0).to(dev)
+    model.eval()
+    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=1.0, generator=gen)
+    texts = [decode(t) for t in out["tokens"]]
+    reward = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
+                           for i, (t, f) in enumerate(zip(texts, out["finished"]))])
+    return dict(out, prompts=prompts.cpu(), reward=reward.view(n_prompts, k), texts=texts)
+
+
+def rl_step(model, opt, rows, a, gen):
+    """rollouts -> rewards -> advantages -> rows -> update. Returns a log dict."""
+    t0 = time.time()
+    dev = next(model.parameters()).device
+    ro = rollout(model, rows, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen)
+    adv, kept = group_advantages(ro["reward"], a.acc_band)
+    adv = adv.view(-1)
+    # Rows: only responses with a non-zero advantage can move the loss (ρ = 1 makes the
+    # k3 gradient 0 on the first update), so the others are not built at all.
+    resp = (adv != 0).nonzero().squeeze(1).tolist()
+    R_prompt, R_clean, R_noisy, R_tgt, R_old, R_adv, R_w = [], [], [], [], [], [], []
+    for i in resp:
+        for noisy, tgt in trace_rows(ro["step"][i], a.rollout_block_size, a.shrink):
+            R_prompt.append(ro["prompts"][i]); R_clean.append(ro["tokens"][i])
+            R_noisy.append(noisy); R_tgt.append(tgt)
+            R_old.append(ro["logp"][i][tgt])
+            n_t = int(tgt.sum())
+            R_adv.append(torch.full((n_t,), float(adv[i])))
+            R_w.append(torch.full((n_t,), 1.0 / (float(ro["n_gen"][i]) * len(resp))))
+    log = dict(reward=ro["reward"].mean().item(), kept=int(kept.sum()), n_resp=len(resp),
+               rows=len(R_prompt), tpf=(ro["n_gen"].sum() / ro["nfe"].sum()).item(),
+               loss=0.0, clip=0.0, kl=0.0)
+    if R_prompt:
+        stack = lambda xs: torch.stack(xs).to(dev)
+        P_, C_, N_, T_ = stack(R_prompt), stack(R_clean), stack(R_noisy), stack(R_tgt)
+        n_rows = P_.shape[0]
+        # Per-row slices into the flat target arrays (row-major order, as row_logprobs).
+        counts = T_.sum(1).cpu()
+        offs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        old, adv_t, w_t = (torch.cat(x).to(dev) for x in (R_old, R_adv, R_w))
+        if a.rollout_block_size != a.block_size:  # warm-up: states differ, recompute π_old
+            with torch.no_grad():
+                old = torch.cat([row_logprobs(model, P_[j:j + a.micro_batch], C_[j:j + a.micro_batch],
+                                              N_[j:j + a.micro_batch], T_[j:j + a.micro_batch],
+                                              a.block_size) for j in range(0, n_rows, a.micro_batch)])
+        model.train()
+        perm = torch.randperm(n_rows, generator=gen, device=dev).cpu()
+        chunks = perm.chunk(a.updates)
+        tot_loss = tot_clip = tot_kl = 0.0
+        for chunk in chunks:
+            opt.zero_grad(set_to_none=True)
+            for mb in chunk.split(a.micro_batch):
+                tok = torch.cat([torch.arange(offs[j], offs[j + 1]) for j in mb.tolist()]).to(dev)
+                mbd = mb.to(dev)
+                new = row_logprobs(model, P_[mbd], C_[mbd], N_[mbd], T_[mbd], a.block_size)
+                loss, clip, kl = policy_loss(new, old[tok], adv_t[tok], w_t[tok] * len(chunks),
+                                             a.clip_eps, a.kl_beta)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"RL loss is {loss.item()}; stopping the stage "
+                                             f"without saving (try a lower --lr)")
+                loss.backward()
+                tot_loss += loss.item() / len(chunks)
+                tot_clip += clip.item() * len(mb) / n_rows
+                tot_kl += kl.item() * len(mb) / n_rows
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        model.eval()
+        log.update(loss=tot_loss, clip=tot_clip, kl=tot_kl)
+    log["secs"] = time.time() - t0
+    return log
+
+
+def run_tracerl(model, rows, a, name="rl", seed=0):
+    """A TraceRL stage: up to a.steps RL steps, stopping early once the mean rollout
+    reward of the last 5 steps reaches a.target_reward (0 = never). Returns history."""
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    hist = []
+    for step in range(a.steps):
+        log = rl_step(model, opt, rows, a, gen)
+        hist.append(log)
+        print(f"{name} step {step + 1:3d}/{a.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
+              f"{a.n_prompts} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
+              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f} | "
+              f"{log['secs']:.1f}s", flush=True)
+        recent = [h["reward"] for h in hist[-5:]]
+        if a.target_reward > 0 and len(recent) == 5 and sum(recent) / 5 >= a.target_reward:
+            print(f"{name}: mean reward of the last 5 steps {sum(recent) / 5:.3f} >= target "
+                  f"{a.target_reward}; stage done")
+            break
+    return hist
+
+
+def add_rl_args(ap, prefix=""):
+    """RL flags, shared with curriculum.py."""
+    ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step")
+    ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="RL learning rate")
+    ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
+    ap.add_argument("--shrink", type=int, default=1, help="merge every s neighbouring trace steps")
+    ap.add_argument("--updates", type=int, default=1, help="optimiser steps per RL step (rows split)")
+    ap.add_argument("--micro-batch", type=int, default=256, help="rows per forward (grad accumulation)")
+    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip ε")
+    ap.add_argument("--kl-beta", type=float, default=0.01, help="k3 KL coefficient β")
+    ap.add_argument("--acc-band", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.0, 1.0),
+                    help="keep groups whose accuracy is in [lo,hi], e.g. 0.2,0.8")
+    ap.add_argument("--target-reward", type=float, default=0.0,
+                    help="end the stage once the 5-step mean reward reaches this (0 = run all steps)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="TraceRL on a block-diffusion checkpoint.")
+    ap.add_argument("--ckpt", required=True, help="starting checkpoint (.pt)")
+    ap.add_argument("--out", required=True, help="where to write the trained checkpoint (.pt)")
+    ap.add_argument("--block-size", type=int, default=8, help="training block size")
+    ap.add_argument("--rollout-block-size", type=int, default=None, help="rollout block size (default: --block-size)")
+    ap.add_argument("--steps", type=int, default=40, help="RL steps (a cap with --target-reward)")
+    ap.add_argument("--seed", type=int, default=0, help="rollout seed")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    add_rl_args(ap)
+    add_task_args(ap)
+    a = ap.parse_args()
+    a.rollout_block_size = a.rollout_block_size or a.block_size
+    try:
+        dev = pick_device(a.device)
+        model, meta = load_checkpoint(a.ckpt, dev)
+        task = meta.get("task") if not a.train_jsonl else task_from_args(a)
+        train_rows, _ = load_task(task or task_from_args(a))
+        hist = run_tracerl(model, train_rows, a, name=f"rl{a.block_size}", seed=a.seed)
+        save_checkpoint(a.out, model, dict(meta, stage="rl", block_size=a.block_size, rl_history=hist,
+                                           parent=os.path.abspath(a.ckpt)))
+        print(f"saved {a.out}")
+    except (CheckpointError, DataError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

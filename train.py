@@ -1,0 +1,186 @@
+"""Supervised stages: AR pre-training, then block-diffusion SFT (the AR init of the MDM).
+
+    python train.py                                   # AR pre-train + SFT at B=4 -> runs/default
+    python train.py --stage ar --out runs/x
+    python train.py --stage sft --block-size 8 --init runs/x/ar.pt --out runs/x
+
+AR pre-training is next-token loss on question+answer with the prompt's loss masked.
+Block SFT (DESIGN §5) masks each answer token with probability t ~ U[0.1, 1] per sequence
+(at least one), and trains CE on the masked positions in the [prompt | clean | noisy]
+layout (model.py), which trains every block in one forward with the context inference
+has. We use the unweighted loss (dLLM-RL's SFT), not SDAR/BD3-LM's 1/t weighting: the
+weight blows up lightly-masked sequences, and our t reaches 1 so fully masked blocks,
+the state every block starts from at inference, are well covered.
+
+Our addition (not the paper's): random block offsets. Each SFT batch shifts the block
+grid by a random 0..B-1, so no answer position is always a block start. DESIGN §11
+found that without it a B=4 model is never right at B=8 (block starts never saw masked
+predecessors), which leaves RL at B=8 no reward to learn from. `--no-block-offsets`
+turns it off.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+from data.task import DataError, add_task_args, load_task, task_from_args, task_tensors
+from data.tokenizer import MASK_ID
+from model import (GPT, CheckpointError, GPTConfig, load_checkpoint, pick_device,
+                   save_checkpoint, training_layout)
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def ar_loss(model, prompts, answers, lens):
+    """Next-token CE on the answer and its eos; prompt and eos fill are ignored (-1)."""
+    P = prompts.shape[1]
+    seq = torch.cat([prompts, answers], 1)
+    tgt = seq[:, 1:].clone()
+    j = torch.arange(1, seq.shape[1], device=seq.device)[None, :] - P  # answer index of each target
+    tgt[(j < 0) | (j >= lens[:, None])] = -1
+    return model(seq[:, :-1], tgt)[1]
+
+
+def sft_loss(model, prompts, answers, block_size: int, gen: torch.Generator, offsets: bool = True):
+    """Masked-diffusion CE in the [prompt | clean | noisy] layout at block_size."""
+    N, A = answers.shape
+    dev = answers.device
+    t = torch.rand(N, 1, generator=gen, device=dev) * 0.9 + 0.1
+    m = torch.rand(N, A, generator=gen, device=dev) < t
+    force = torch.randint(A, (N,), generator=gen, device=dev)
+    m[torch.arange(N, device=dev), force] |= ~m.any(1)  # at least one masked token
+    shift = int(torch.randint(block_size, (1,), generator=gen, device=dev)) if offsets else 0
+    pos, mask = training_layout(prompts.shape[1], A, block_size, shift, str(dev))
+    idx = torch.cat([prompts, answers, answers.masked_fill(m, MASK_ID)], 1)
+    tgt = torch.cat([torch.full_like(prompts, -1), torch.full_like(answers, -1),
+                     answers.masked_fill(~m, -1)], 1)
+    return model(idx, tgt, pos, mask)[1]
+
+
+def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, test_data,
+               seed: int = 0, warmup: int = 50, eval_every: int = 100, log_every: int = 10,
+               name: str = "train"):
+    """The flat loop shared by both stages. loss_fn(model, batch_tensors, gen) -> loss.
+    Returns the final held-out loss."""
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    eval_gen = torch.Generator(device=dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01,
+                            fused=dev.type == "cuda")
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    n = data[0].shape[0]
+    held_out = float("nan")
+
+    def evaluate():
+        model.eval()
+        eval_gen.manual_seed(1234)  # same noise every eval, so the curve is comparable
+        with torch.no_grad(), autocast:
+            loss = loss_fn(model, [x[:512] for x in test_data], eval_gen).item()
+        model.train()
+        return loss
+
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        idx = torch.randint(n, (batch_size,), generator=gen, device=dev)
+        with autocast:
+            loss = loss_fn(model, [x[idx] for x in data], gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}; stopping "
+                                     f"without saving (try a lower --lr)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            held_out = evaluate()
+        if step % log_every == 0 or step + 1 == steps:
+            print(f"{name} step {step + 1:5d}/{steps} | loss {loss.item():.4f} | held-out {held_out:.4f} "
+                  f"| lr {opt.param_groups[0]['lr']:.1e} | {time.time() - t0:6.1f}s", flush=True)
+    model.eval()
+    return held_out
+
+
+def run_ar(cfg: GPTConfig, task: dict, train_rows, test_rows, steps, lr, batch_size, device, seed=0,
+           log_every=10):
+    torch.manual_seed(seed)
+    model = GPT(cfg).to(device)
+    print(f"AR pre-training: {model.num_params() / 1e6:.2f}M parameters, {steps} steps, device {device}")
+    data = [x.to(device) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)]
+    test = [x.to(device) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)]
+    loss = train_loop(model, lambda m, b, g: ar_loss(m, *b), steps, lr, batch_size, data, test,
+                      seed, log_every=log_every, name="ar")
+    return model, dict(stage="ar", steps=steps, lr=lr, held_out_loss=loss, task=task, seed=seed)
+
+
+def run_sft(model, task: dict, train_rows, test_rows, block_size, steps, lr, batch_size, seed=0,
+            offsets=True, log_every=10, name=None):
+    cfg, dev = model.cfg, next(model.parameters()).device
+    print(f"block SFT at B={block_size}: {steps} steps, block offsets {'on' if offsets else 'off'}")
+    data = [x.to(dev) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)[:2]]
+    test = [x.to(dev) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)[:2]]
+    loss = train_loop(model, lambda m, b, g: sft_loss(m, *b, block_size, g, offsets), steps, lr,
+                      batch_size, data, test, seed, log_every=log_every, name=name or f"sft{block_size}")
+    return model, dict(stage="sft", block_size=block_size, steps=steps, lr=lr, offsets=offsets,
+                       held_out_loss=loss, task=task, seed=seed)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="AR pre-training and block-diffusion SFT.")
+    ap.add_argument("--stage", default="both", choices=["ar", "sft", "both"], help="which stage(s) to run")
+    ap.add_argument("--out", default="runs/default", help="directory for ar.pt / sft{B}.pt")
+    ap.add_argument("--init", default=None, help="AR checkpoint for --stage sft (default: OUT/ar.pt)")
+    ap.add_argument("--block-size", type=int, default=4, help="diffusion block size for SFT")
+    ap.add_argument("--ar-steps", type=int, default=1000, help="AR pre-training steps")
+    ap.add_argument("--sft-steps", type=int, default=500, help="block SFT steps")
+    ap.add_argument("--ar-lr", type=float, default=1e-3, help="AR peak learning rate")
+    ap.add_argument("--sft-lr", type=float, default=5e-4, help="SFT peak learning rate")
+    ap.add_argument("--batch-size", type=int, default=64, help="sequences per step")
+    ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
+    ap.add_argument("--n-layer", type=int, default=4, help="transformer layers")
+    ap.add_argument("--n-head", type=int, default=4, help="attention heads")
+    ap.add_argument("--n-embd", type=int, default=128, help="model width")
+    ap.add_argument("--max-seq-len", type=int, default=48, help="prompt area + answer area, in tokens")
+    ap.add_argument("--prompt-len", type=int, default=16, help="prompt area in tokens (left-padded)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--log-every", type=int, default=10, help="steps between log lines")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    add_task_args(ap)
+    a = ap.parse_args()
+    dev = pick_device(a.device)
+    task = task_from_args(a)
+    try:
+        train_rows, test_rows = load_task(task)
+        if a.stage in ("ar", "both"):
+            cfg = GPTConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
+                            max_seq_len=a.max_seq_len, prompt_len=a.prompt_len)
+            t0 = time.time()
+            model, meta = run_ar(cfg, task, train_rows, test_rows, a.ar_steps, a.ar_lr, a.batch_size,
+                                 dev, a.seed, a.log_every)
+            save_checkpoint(os.path.join(a.out, "ar.pt"), model, meta)
+            print(f"saved {a.out}/ar.pt ({time.time() - t0:.0f}s)")
+        if a.stage in ("sft", "both"):
+            model, _ = load_checkpoint(a.init or os.path.join(a.out, "ar.pt"), dev)
+            t0 = time.time()
+            model, meta = run_sft(model, task, train_rows, test_rows, a.block_size, a.sft_steps,
+                                  a.sft_lr, a.batch_size, a.seed, not a.no_block_offsets, a.log_every)
+            path = os.path.join(a.out, f"sft{a.block_size}.pt")
+            save_checkpoint(path, model, meta)
+            print(f"saved {path} ({time.time() - t0:.0f}s)")
+    except (CheckpointError, DataError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

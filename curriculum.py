@@ -62,6 +62,7 @@ class Run:
 
     def __init__(self, out, settings, device):
         self.out, self.device = out, device
+        settings = json.loads(json.dumps(settings))  # as stored: tuples (--acc-band) become lists
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, "settings.json")
         if os.path.exists(path):

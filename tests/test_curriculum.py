@@ -1,0 +1,135 @@
+"""curriculum.py: stage parsing, CLI errors, a tiny end-to-end run, resume, settings check."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from curriculum import parse_stages
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny, fast run: level-1 problems fit a 8 + 24 token layout.
+TINY = ["--stages", "4,8", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+        "--max-seq-len", "32", "--prompt-len", "8", "--level", "1", "--n-train", "200",
+        "--n-test", "20", "--ar-steps", "20", "--sft-steps", "20", "--batch-size", "16",
+        "--stage-steps", "2", "--n-prompts", "4", "--k", "2", "--device", "cpu"]
+NAMES = ["sft4", "tstar4", "tstar8", "direct8", "norl8"]
+
+
+def curriculum(*args):
+    return subprocess.run([sys.executable, "curriculum.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))  # tiny models: one thread
+
+
+def one_error_line(p):
+    assert p.returncode != 0, p.stdout[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr[-3000:]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- stages
+
+def test_parse_stages_accepts():
+    assert parse_stages("4,8,16", 32) == [4, 8, 16]
+    assert parse_stages(" 4, 8 ,", 32) == [4, 8]
+    assert parse_stages("32", 32) == [32]  # a block as large as the answer area is fine
+
+
+@pytest.mark.parametrize("text,why", [
+    ("", "empty"), (" , ", "empty"), ("8,4", "increasing"), ("4,4", "increasing"),
+    ("0,4", "positive"), ("-4,8", "positive"), ("a,b", "integers"), ("4.5,8", "integers"),
+    ("4,64", "larger than the 32-token answer area"),
+])
+def test_parse_stages_rejects(text, why):
+    with pytest.raises(ValueError, match=why) as e:
+        parse_stages(text, 32)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_bad_stages_fails_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    for stages in ("8,4", "4,64"):
+        p = curriculum("--stages", stages, "--out", str(out), "--max-seq-len", "32", "--prompt-len", "8")
+        line = one_error_line(p)
+        assert "--stages" in line or "answer area" in line
+        assert "Traceback" not in p.stderr and p.stdout == ""
+        assert not out.exists()  # validated before the run directory is made
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _mtimes(out):
+    return {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out) if f.endswith(".pt")}
+
+
+def _rows(out):
+    with open(os.path.join(out, "results.json")) as f:
+        rows = json.load(f)
+    return {(r["method"], r["decode_block"], r["rule"]): r for r in rows}, len(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("curriculum") / "run")
+    p = curriculum(*TINY, "--out", out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out, p
+
+
+def test_end_to_end_outputs(tiny_run):
+    out, p = tiny_run
+    assert set(_mtimes(out)) == {f"{n}.pt" for n in ["ar"] + NAMES}
+    for n in ["ar"] + NAMES:
+        with open(os.path.join(out, f"{n}.pt.json")) as f:
+            assert json.load(f)["config"]["n_embd"] == 32
+    rows, n_rows = _rows(out)
+    want = {(n, B, rule) for n in NAMES for B in (4, 8) for rule in ("dynamic", "static")}
+    assert set(rows) == want and n_rows == len(want) == 20
+    for r in rows.values():
+        assert r["n"] == 20 and 0.0 <= r["accuracy"] <= 1.0 and r["tpf"] > 0 and r["device"] == "cpu"
+        assert r["left_to_right"] is not None and "stamp" not in r
+    # RL histories: 2 steps per T* stage; direct gets T*'s total budget
+    for n, steps in (("tstar4", 2), ("tstar8", 2), ("direct8", 4)):
+        with open(os.path.join(out, f"{n}.pt.json")) as f:
+            assert len(json.load(f)["rl_history"]) == steps
+    md = open(os.path.join(out, "results.md")).read()
+    for n in NAMES:
+        assert f"| {n} | " in md
+    assert "# T* results: --stages 4,8" in p.stdout
+
+
+def test_resume_rebuilds_only_the_missing_stage(tiny_run):
+    out, _ = tiny_run
+    before = _mtimes(out)
+    rows_before, _ = _rows(out)
+    os.remove(os.path.join(out, "tstar8.pt"))
+    p = curriculum(*TINY, "--out", out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    after = _mtimes(out)
+    assert set(after) == set(before)
+    for f in before:
+        if f != "tstar8.pt":
+            assert after[f] == before[f], f  # ar, sft4, tstar4, direct8, norl8 untouched
+    assert "AR pre-training" not in p.stdout and "block SFT" not in p.stdout
+    assert "tstar4 step" not in p.stdout and "tstar8 step" in p.stdout
+    # evaluation is cached by checkpoint mtime: only the rebuilt checkpoint is re-evaluated
+    evals = [l.split()[1] for l in p.stdout.splitlines() if l.startswith("eval ")]
+    assert evals == ["tstar8"] * 4
+    rows_after, n_rows = _rows(out)
+    assert n_rows == 20 and set(rows_after) == set(rows_before)
+    for k, r in rows_after.items():  # same seeds, same model: the same numbers
+        assert (r["accuracy"], r["tpf"]) == (rows_before[k]["accuracy"], rows_before[k]["tpf"]), k
+
+
+def test_resume_with_other_settings_fails_in_one_line(tiny_run):
+    out, _ = tiny_run
+    before = _mtimes(out)
+    args = list(TINY)
+    args[args.index("--n-embd") + 1] = "64"
+    p = curriculum(*args, "--out", out)
+    line = one_error_line(p)
+    assert "other settings" in line and "n_embd" in line and "Traceback" not in p.stderr
+    assert _mtimes(out) == before

@@ -120,14 +120,14 @@ def main():
     ap.add_argument("--stages", default="4,8,16", help="block sizes, increasing, e.g. 4,8,16")
     ap.add_argument("--out", default="runs/tstar", help="run directory (resumed if it exists)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of a few minutes")
-    ap.add_argument("--ar-steps", type=int, default=1000, help="AR pre-training steps")
-    ap.add_argument("--sft-steps", type=int, default=500, help="block SFT steps at the first stage")
+    ap.add_argument("--ar-steps", type=int, default=2000, help="AR pre-training steps")
+    ap.add_argument("--sft-steps", type=int, default=1000, help="block SFT steps at the first stage")
     ap.add_argument("--ar-lr", type=float, default=1e-3, help="AR peak learning rate")
-    ap.add_argument("--sft-lr", type=float, default=5e-4, help="SFT peak learning rate")
+    ap.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak learning rate")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per supervised step")
-    ap.add_argument("--stage-steps", type=int, default=40, help="RL step cap per T* stage")
-    ap.add_argument("--first-stage-steps", type=int, default=None,
-                    help="RL step cap at the first block size (default: --stage-steps)")
+    ap.add_argument("--stage-steps", type=int, default=30, help="RL step cap per T* stage")
+    ap.add_argument("--first-stage-steps", type=int, default=10,
+                    help="RL step cap at the first block size")
     ap.add_argument("--warmup-steps", type=int, default=0,
                     help="RL steps per stage with rollouts at the previous block size")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
@@ -143,7 +143,8 @@ def main():
     add_task_args(ap)
     a = ap.parse_args()
     if a.quick:
-        a.ar_steps, a.sft_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 3, 8, 4
+        # overrides the budget flags: a smoke run, not a result
+        a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
     cfg = GPTConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, max_seq_len=a.max_seq_len,
                     prompt_len=a.prompt_len)
     try:
@@ -152,12 +153,13 @@ def main():
         sys.exit(f"error: {e}")
     dev = pick_device(a.device)
     task = task_from_args(a)
-    skip = {"out", "device", "stages"}  # the ladder may be extended on resume
+    # Flags that do not change what is trained may differ on resume; the ladder may grow.
+    skip = {"out", "device", "stages", "eval_threshold"}
     settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip})
     t_start = time.time()
     try:
+        train_rows, test_rows = load_task(task)  # before Run: bad data leaves no run directory
         run = Run(a.out, settings, dev)
-        train_rows, test_rows = load_task(task)
         B0 = stages[0]
         # --- supervised stages: the AR-initialised small-block MDM
         if not run.have("ar"):
@@ -173,7 +175,7 @@ def main():
         # --- T*: TraceRL at each block size from the previous stage
         parent, prev_B, steps_used = sft0, B0, {}
         for i, B in enumerate(stages):
-            cap = a.first_stage_steps if (i == 0 and a.first_stage_steps is not None) else a.stage_steps
+            cap = a.first_stage_steps if i == 0 else a.stage_steps
             meta = rl_stage(run, f"tstar{B}", parent, B, prev_B, cap, train_rows, a, a.seed + 100 * i)
             steps_used[B] = len(meta["rl_history"])
             parent, prev_B = f"tstar{B}", B
@@ -252,7 +254,7 @@ def report(run, names, stages, results, seconds, a):
     for n in names:
         for B in stages:
             r = get[(n, B, "dynamic")]
-            if n.startswith("sft") or str(B) == n.lstrip("tsardirectnol"):
+            if n.startswith("sft") or r["trained_block"] == B:  # SFT at every B, others at their own
                 lines.append(f"| {n} | {B} | {r['left_to_right']:.2f} | {r['kendall_tau']:.2f} | "
                              f"{r['tokens_per_step']:.2f} |")
     lines += ["", "Rollout reward per RL step (▁ = 0, █ = 1):", ""]

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from data.task import DataError, encode_prompts, make_splits, read_jsonl
+from data.task import DataError, encode_prompts, load_task, read_jsonl
 from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device
 from sample import RULES, generate, generate_ar
@@ -163,11 +163,8 @@ def main():
     try:
         dev = pick_device(a.device)
         model, meta = load_checkpoint(a.ckpt, dev)
-        if a.test_jsonl:
-            rows = read_jsonl(a.test_jsonl)
-        else:
-            task = meta.get("task", {})
-            rows = make_splits(task.get("level", 2), 0, task.get("n_test", 300), task.get("seed", 0))[1]
+        # the split the checkpoint was trained against (generated or the user's JSONL)
+        rows = read_jsonl(a.test_jsonl) if a.test_jsonl else load_task(meta["task"])[1]
         rows = rows[:a.n] if a.n else rows
         r = evaluate(model, rows, a.block_size, a.rule, a.threshold, a.steps)
     except (CheckpointError, DataError) as e:

@@ -134,7 +134,10 @@ def rl_step(model, opt, rows, a, gen):
             R_old.append(ro["logp"][i][tgt])
             n_t = int(tgt.sum())
             R_adv.append(torch.full((n_t,), float(adv[i])))
-            R_w.append(torch.full((n_t,), 1.0 / (float(ro["n_gen"][i]) * len(resp))))
+            # 1/L_resp with L_resp = every token the sampler committed for this response
+            # (tokens committed after the first eos are actions too), so a response's
+            # weights sum to 1 / n_resp.
+            R_w.append(torch.full((n_t,), 1.0 / (float((ro["step"][i] >= 0).sum()) * len(resp))))
     log = dict(reward=ro["reward"].mean().item(), kept=int(kept.sum()), n_resp=len(resp),
                rows=len(R_prompt), tpf=(ro["n_gen"].sum() / ro["nfe"].sum()).item(),
                loss=0.0, clip=0.0, kl=0.0)
@@ -204,7 +207,7 @@ def add_rl_args(ap, prefix=""):
     """RL flags, shared with curriculum.py."""
     ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step")
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
-    ap.add_argument("--lr", type=float, default=1e-4, help="RL learning rate")
+    ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (1e-4 lost 7 points at B=4, docs/experiments.md)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
     ap.add_argument("--shrink", type=int, default=1, help="merge every s neighbouring trace steps")
     ap.add_argument("--updates", type=int, default=1, help="optimiser steps per RL step (rows split)")

@@ -33,7 +33,8 @@ from model import (GPT, CheckpointError, GPTConfig, load_checkpoint, pick_device
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10 % of lr."""
+    """Linear warm-up, then cosine decay to 10 % of lr. (train_loop caps the warm-up at a
+    tenth of the run, so short runs such as the no-RL ladder's stages reach full lr.)"""
     if step < warmup:
         return lr * (step + 1) / warmup
     p = (step - warmup) / max(1, total - warmup)
@@ -92,7 +93,7 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
     t0 = time.time()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
+            g["lr"] = lr_at(step, steps, lr, min(warmup, steps // 10 + 1))
         idx = torch.randint(n, (batch_size,), generator=gen, device=dev)
         with autocast:
             loss = loss_fn(model, [x[idx] for x in data], gen)
@@ -142,10 +143,10 @@ def main():
     ap.add_argument("--out", default="runs/default", help="directory for ar.pt / sft{B}.pt")
     ap.add_argument("--init", default=None, help="AR checkpoint for --stage sft (default: OUT/ar.pt)")
     ap.add_argument("--block-size", type=int, default=4, help="diffusion block size for SFT")
-    ap.add_argument("--ar-steps", type=int, default=1000, help="AR pre-training steps")
-    ap.add_argument("--sft-steps", type=int, default=500, help="block SFT steps")
+    ap.add_argument("--ar-steps", type=int, default=2000, help="AR pre-training steps")
+    ap.add_argument("--sft-steps", type=int, default=1000, help="block SFT steps")
     ap.add_argument("--ar-lr", type=float, default=1e-3, help="AR peak learning rate")
-    ap.add_argument("--sft-lr", type=float, default=5e-4, help="SFT peak learning rate")
+    ap.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak learning rate")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per step")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
     ap.add_argument("--n-layer", type=int, default=4, help="transformer layers")

@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--stages", "4,8", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
         "--max-seq-len", "32", "--prompt-len", "8", "--level", "1", "--n-train", "200",
         "--n-test", "20", "--ar-steps", "20", "--sft-steps", "20", "--batch-size", "16",
-        "--stage-steps", "2", "--n-prompts", "4", "--k", "2", "--device", "cpu"]
+        "--first-stage-steps", "2", "--stage-steps", "2", "--n-prompts", "4", "--k", "2",
+        "--device", "cpu"]
 NAMES = ["sft4", "tstar4", "tstar8", "direct8", "norl8"]
 
 

@@ -222,10 +222,10 @@ def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows,
     assert log["rows"] > a.micro_batch  # several micro-batches accumulate into one update
     assert log["clip"] == 0.0 and abs(log["kl"]) < 1e-9
     assert any(not torch.equal(p, q) for p, q in zip(before, m.parameters()))
-    # rho = 1 and k3 = 0, so the loss is -sum_i adv_i * (tokens targeted / n_gen_i) / n_resp,
-    # the targets being every token the sampler decoded (including any after the eos)
+    # rho = 1 and k3 = 0, so the loss is -sum_i adv_i * (tokens targeted / L_i) / n_resp with L_i
+    # = every token the sampler decoded (targets include any after the eos): 1/n_resp each.
     n_dec = (ro["step"] >= 0).sum(1)
-    want = -(adv * n_dec / ro["n_gen"]).sum().item() / n_resp
+    want = -(adv * n_dec / n_dec.clamp_min(1)).sum().item() / n_resp
     assert log["loss"] == pytest.approx(want, abs=1e-5)
 
 

@@ -24,6 +24,7 @@ from data.task import DataError, encode_prompts, load_task, read_jsonl
 from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device
 from sample import RULES, generate, generate_ar
+from schedule import schedule_grid, schedule_stats
 
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -77,74 +78,6 @@ def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: flo
                 accuracy=sum(correct) / len(rows), tpf=n_tok / out["nfe"].sum().item(),
                 tokens_per_s=n_tok / secs, seconds=secs, n=len(rows), device=dev.type, seed=seed,
                 texts=texts, correct=correct, out=out)
-
-
-# ----------------------------------------------------------------------------- Ŝ analysis
-
-def _kendall_tau(x, y):
-    """Kendall's τ-b between two 1-D sequences (ties allowed); None if undefined."""
-    n, conc, disc, tx, ty = len(x), 0, 0, 0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif (dx > 0) == (dy > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
-    return (conc - disc) / denom if denom else None
-
-
-def schedule_stats(step: torch.Tensor, block_size: int):
-    """Ŝ statistics from a step map [N, A] (-1 = not decoded).
-
-    left_to_right: share of denoising steps whose committed set is exactly the leftmost
-    still-masked positions of the block; kendall_tau: mean over blocks with >= 2 decoded
-    positions of τ(position, commit step), 1.0 = strictly left to right; tokens_per_step:
-    mean committed tokens per denoising step."""
-    ltr_steps = n_steps = 0
-    taus, per_step = [], []
-    N, A = step.shape
-    for n in range(N):
-        for s in range(0, A, block_size):
-            blk = step[n, s:s + block_size].tolist()
-            idx = [i for i, v in enumerate(blk) if v >= 0]
-            if not idx:
-                continue
-            remaining = sorted(idx)
-            for v in sorted(set(blk[i] for i in idx)):
-                committed = [i for i in idx if blk[i] == v]
-                n_steps += 1
-                per_step.append(len(committed))
-                ltr_steps += committed == remaining[:len(committed)]
-                remaining = [i for i in remaining if blk[i] != v]
-            if len(idx) >= 2:
-                t = _kendall_tau(idx, [blk[i] for i in idx])
-                if t is not None:
-                    taus.append(t)
-    return dict(left_to_right=ltr_steps / max(n_steps, 1),
-                kendall_tau=sum(taus) / len(taus) if taus else float("nan"),
-                tokens_per_step=sum(per_step) / max(len(per_step), 1))
-
-
-def schedule_grid(step: torch.Tensor, tokens: torch.Tensor, block_size: int, n_blocks: int = 4):
-    """ASCII picture: for a few blocks, the within-block step rank at which each position
-    was committed (0 = first step; '.' = not decoded), under the decoded text."""
-    lines = []
-    for n in range(min(n_blocks, step.shape[0])):
-        blk = step[n, :block_size].tolist()
-        order = {v: r for r, v in enumerate(sorted(set(v for v in blk if v >= 0)))}
-        ranks = "".join("." if v < 0 else "0123456789abcdefghijklmnopqrstuvwxyz"[min(order[v], 35)]
-                        for v in blk)
-        text = decode(tokens[n, :block_size]).ljust(block_size)[:block_size].replace("\n", " ")
-        lines.append(f"  {text!s}  |  {ranks}")
-    return "\n".join(lines)
 
 
 def main():

@@ -134,3 +134,17 @@ def test_resume_with_other_settings_fails_in_one_line(tiny_run):
     line = one_error_line(p)
     assert "other settings" in line and "n_embd" in line and "Traceback" not in p.stderr
     assert _mtimes(out) == before
+
+
+def test_gpu_preset_starts_on_cpu(tmp_path):
+    """The GPU preset is never dead code: with tiny overrides it runs a one-stage ladder on
+    CPU and stores the preset's settings (explicit flags win over the preset)."""
+    out = tmp_path / "gpu"
+    flags = list(TINY)
+    flags[flags.index("--stages") + 1] = "4"
+    r = curriculum(*flags, "--preset", "gpu", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["preset"] == "gpu" and settings["model"]["n_embd"] == 32
+    assert settings["n_prompts"] == 4 and settings["sft_steps"] == 20
+    assert (out / "tstar4.pt").exists() and (out / "results.md").exists()

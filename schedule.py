@@ -1,0 +1,243 @@
+"""The decoding schedule Ŝ: measure it, extract it as a fixed schedule, replay it.
+
+    python schedule.py --ckpt runs/tstar/tstar16.pt --block-size 16            # derive + save Ŝ
+    python schedule.py --run runs/tstar --block-size 16                         # the replay table
+
+The paper's second claim is that T* "may converge to an alternative decoding schedule Ŝ
+that achieves comparable performance". Three views of that schedule (DESIGN §9):
+  * statistics of the traces: the share of steps that commit exactly the leftmost
+    still-masked positions, Kendall τ between in-block position and commit step
+    (1.0 = strictly left to right), tokens per step;
+  * a picture: for a few blocks, the step rank at which each position was committed;
+  * Ŝ as an object: for each step of a block, the set of in-block positions committed at
+    that step, derived from the greedy traces on the test split (positions ranked by their
+    mean commit rank, cut into the model's typical number of steps with its typical number
+    of tokens per step). Saved as JSON next to the checkpoint and replayed by the sampler's
+    `schedule` rule: at step j commit exactly Ŝ[j], the tokens still chosen by the model.
+The replay table asks whether the schedule alone carries the gain, or the weights that
+learned it: T* with its own dynamic rule, T* replaying Ŝ, the SFT and no-RL models
+replaying the same Ŝ, and each with plain left-to-right decoding in as many steps.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from data.tokenizer import decode
+# ----------------------------------------------------------------------------- Ŝ analysis
+
+def _kendall_tau(x, y):
+    """Kendall's τ-b between two 1-D sequences (ties allowed); None if undefined."""
+    n, conc, disc, tx, ty = len(x), 0, 0, 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tx += 1
+            elif dy == 0:
+                ty += 1
+            elif (dx > 0) == (dy > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
+    return (conc - disc) / denom if denom else None
+
+
+def schedule_stats(step: torch.Tensor, block_size: int):
+    """Ŝ statistics from a step map [N, A] (-1 = not decoded).
+
+    left_to_right: share of denoising steps whose committed set is exactly the leftmost
+    still-masked positions of the block; kendall_tau: mean over blocks with >= 2 decoded
+    positions of τ(position, commit step), 1.0 = strictly left to right; tokens_per_step:
+    mean committed tokens per denoising step."""
+    ltr_steps = n_steps = 0
+    taus, per_step = [], []
+    N, A = step.shape
+    for n in range(N):
+        for s in range(0, A, block_size):
+            blk = step[n, s:s + block_size].tolist()
+            idx = [i for i, v in enumerate(blk) if v >= 0]
+            if not idx:
+                continue
+            remaining = sorted(idx)
+            for v in sorted(set(blk[i] for i in idx)):
+                committed = [i for i in idx if blk[i] == v]
+                n_steps += 1
+                per_step.append(len(committed))
+                ltr_steps += committed == remaining[:len(committed)]
+                remaining = [i for i in remaining if blk[i] != v]
+            if len(idx) >= 2:
+                t = _kendall_tau(idx, [blk[i] for i in idx])
+                if t is not None:
+                    taus.append(t)
+    return dict(left_to_right=ltr_steps / max(n_steps, 1),
+                kendall_tau=sum(taus) / len(taus) if taus else float("nan"),
+                tokens_per_step=sum(per_step) / max(len(per_step), 1))
+
+
+def schedule_grid(step: torch.Tensor, tokens: torch.Tensor, block_size: int, n_blocks: int = 4):
+    """ASCII picture: for a few blocks, the within-block step rank at which each position
+    was committed (0 = first step; '.' = not decoded), under the decoded text."""
+    lines = []
+    for n in range(min(n_blocks, step.shape[0])):
+        blk = step[n, :block_size].tolist()
+        order = {v: r for r, v in enumerate(sorted(set(v for v in blk if v >= 0)))}
+        ranks = "".join("." if v < 0 else "0123456789abcdefghijklmnopqrstuvwxyz"[min(order[v], 35)]
+                        for v in blk)
+        text = decode(tokens[n, :block_size]).ljust(block_size)[:block_size].replace("\n", " ")
+        lines.append(f"  {text!s}  |  {ranks}")
+    return "\n".join(lines)
+
+
+def derive_schedule(step: torch.Tensor, block_size: int):
+    """Ŝ from a step map [N, A]: a list of steps, each a sorted list of in-block positions;
+    every position 0..block_size-1 appears exactly once."""
+    ranks, counts = [], []
+    N, A = step.shape
+    for n in range(N):
+        for s in range(0, A - block_size + 1, block_size):
+            blk = step[n, s:s + block_size]
+            if (blk < 0).any():  # only whole blocks: a block cut by eos has no late steps
+                continue
+            uniq = torch.unique(blk)
+            r = torch.searchsorted(uniq, blk)
+            ranks.append(r.float())
+            counts.append(torch.bincount(r, minlength=block_size)[:block_size].float())
+    if not ranks:
+        return [[p] for p in range(block_size)]  # nothing to learn from: left to right
+    mean_rank = torch.stack(ranks).mean(0)
+    per_step = torch.stack(counts).mean(0)  # mean tokens committed at the j-th step
+    n_steps = max(1, round(float((torch.stack(counts) > 0).sum(1).float().mean())))
+    sizes = per_step[:n_steps] * block_size / per_step[:n_steps].sum()
+    cuts = sorted(set(min(block_size, max(1, round(float(c)))) for c in sizes.cumsum(0)))
+    cuts[-1] = block_size
+    order = sorted(range(block_size), key=lambda p: (float(mean_rank[p]), p))
+    bounds = [0] + cuts
+    return [sorted(order[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def schedule_picture(schedule, block_size: int) -> str:
+    """One line per step: '#' = committed at this step, '+' = already committed."""
+    done, lines = set(), []
+    for j, group in enumerate(schedule):
+        row = "".join("#" if p in group else "+" if p in done else "_" for p in range(block_size))
+        lines.append(f"  step {j:2d}  {row}")
+        done |= set(group)
+    return "\n".join(lines)
+
+
+def heatmap(step: torch.Tensor, block_size: int, path: str, title: str, n_rows: int = 40):
+    """PNG of within-block commit ranks (problem x answer position); skipped without
+    matplotlib. Returns the path written, or None."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    grid = torch.full(step[:n_rows].shape, float("nan"))
+    for n in range(grid.shape[0]):
+        for s in range(0, step.shape[1], block_size):
+            blk = step[n, s:s + block_size]
+            dec = blk >= 0
+            if dec.any():
+                grid[n, s:s + block_size][dec] = torch.searchsorted(torch.unique(blk[dec]), blk[dec]).float()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+    for s in range(block_size, step.shape[1], block_size):
+        ax.axvline(s - 0.5, color="white", lw=0.8)
+    ax.set_xlabel("answer position (white lines: block boundaries)")
+    ax.set_ylabel("test problem")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="commit step within the block")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def steps_per_block(step: torch.Tensor, block_size: int) -> float:
+    """Mean number of denoising steps a block took (blocks with any decoded token)."""
+    n = []
+    for row in step:
+        for s in range(0, row.shape[0], block_size):
+            blk = row[s:s + block_size]
+            if (blk >= 0).any():
+                n.append(len(torch.unique(blk[blk >= 0])))
+    return sum(n) / max(len(n), 1)
+
+
+def schedule_path(ckpt: str, block_size: int) -> str:
+    return ckpt[:-3] + f".schedule{block_size}.json" if ckpt.endswith(".pt") else ckpt + ".json"
+
+
+def replay_table(run_dir: str, block_size: int, test_rows, threshold: float = 0.9, device="cpu"):
+    """Rows (name, rule, accuracy, TPF, steps/block) for the replay comparison at one B."""
+    from eval_math import evaluate
+    from model import load_checkpoint
+    names = sorted(f[:-3] for f in os.listdir(run_dir) if f.endswith(".pt"))
+    sft = next(n for n in names if n.startswith("sft"))
+    tstar, norl = f"tstar{block_size}", f"norl{block_size}"
+    models = {n: load_checkpoint(os.path.join(run_dir, n + ".pt"), device)[0]
+              for n in (tstar, sft, norl) if n in names}
+    own = evaluate(models[tstar], test_rows, block_size, "dynamic", threshold)
+    S = derive_schedule(own["out"]["step"], block_size)
+    rows = [(tstar, f"dynamic θ={threshold}", own)]
+    for n, m in models.items():
+        rows.append((n, "replay Ŝ", evaluate(m, test_rows, block_size, "schedule", schedule=S)))
+        rows.append((n, f"ltr, {len(S)} steps", evaluate(m, test_rows, block_size, "ltr", steps=len(S))))
+    return S, [(n, rule, r["accuracy"], r["tpf"], steps_per_block(r["out"]["step"], block_size))
+               for n, rule, r in rows]
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Derive, picture and replay the decoding schedule Ŝ.")
+    ap.add_argument("--ckpt", default=None, help="derive Ŝ from this checkpoint's greedy traces")
+    ap.add_argument("--run", default=None, help="a curriculum run directory: print the replay table")
+    ap.add_argument("--block-size", type=int, default=16, help="decode block size")
+    ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule θ for the traces")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    a = ap.parse_args()
+    from data.task import DataError, load_task
+    from eval_math import evaluate
+    from model import CheckpointError, load_checkpoint, pick_device
+    dev = pick_device(a.device)
+    if not (a.ckpt or a.run):
+        sys.exit("error: give --ckpt (derive Ŝ) or --run (replay table)")
+    try:
+        if a.ckpt:
+            model, meta = load_checkpoint(a.ckpt, dev)
+            test_rows = load_task(meta["task"])[1]
+            r = evaluate(model, test_rows, a.block_size, "dynamic", a.threshold)
+            S = derive_schedule(r["out"]["step"], a.block_size)
+            path = schedule_path(a.ckpt, a.block_size)
+            with open(path, "w") as f:
+                json.dump({"block_size": a.block_size, "threshold": a.threshold, "schedule": S,
+                           **schedule_stats(r["out"]["step"], a.block_size)}, f, indent=1)
+            print(f"Ŝ of {a.ckpt} at B={a.block_size} ({len(S)} steps; accuracy {100 * r['accuracy']:.1f}%, "
+                  f"TPF {r['tpf']:.2f}) -> {path}")
+            print(schedule_picture(S, a.block_size))
+            print(schedule_grid(r["out"]["step"], r["out"]["tokens"], a.block_size))
+            png = heatmap(r["out"]["step"], a.block_size, a.ckpt[:-3] + f".heat{a.block_size}.png",
+                          f"{os.path.basename(a.ckpt)} at B={a.block_size}")
+            print(f"heat map: {png}" if png else "heat map skipped (no matplotlib)")
+        if a.run:
+            _, meta = load_checkpoint(os.path.join(a.run, f"tstar{a.block_size}.pt"), dev)
+            S, rows = replay_table(a.run, a.block_size, load_task(meta["task"])[1], a.threshold, dev)
+            print(f"Ŝ of tstar{a.block_size} ({len(S)} steps per block):")
+            print(schedule_picture(S, a.block_size))
+            print(f"\n| checkpoint | decoding at B={a.block_size} | accuracy | TPF | steps/block |")
+            print("|---|---|---|---|---|")
+            for n, rule, acc, tpf, spb in rows:
+                print(f"| {n} | {rule} | {100 * acc:.1f} % | {tpf:.2f} | {spb:.2f} |")
+    except (CheckpointError, DataError, StopIteration) as e:
+        sys.exit(f"error: {e or 'the run directory has no sft checkpoint'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
     python eval_math.py --ckpt runs/default/sft4.pt --block-size 4
     python eval_math.py --ckpt runs/default/tstar16.pt --block-size 16 --rule static --schedule
+    python eval_math.py --ckpt runs/mine/sft4.pt --test-jsonl my/test.jsonl   # your own GSM8K-style data
 
 One row per call: accuracy, tokens per forward (TPF, every forward counted), tokens/s,
 with block size, rule, device and seed. `--schedule` adds the Ŝ analysis (DESIGN §9)
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from data.task import DataError, encode_prompts, load_task, read_jsonl
+from data.task import DataError, check_fit, encode_prompts, load_task, read_jsonl
 from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device
 from sample import RULES, generate, generate_ar
@@ -53,7 +54,7 @@ def is_correct(response: str, gold_answer: str, finished: bool = True) -> bool:
 
 @torch.no_grad()
 def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
-             steps: int = None, batch_size: int = 512, seed: int = 0):
+             steps: int = None, batch_size: int = 512, seed: int = 0, schedule=None):
     """Greedy decoding of `rows` at `block_size` (0 = AR). Returns a dict with accuracy,
     tpf, tokens/s and the raw decode outputs (for the schedule analysis)."""
     model.eval()
@@ -65,7 +66,7 @@ def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: flo
         if block_size == 0:
             outs.append(generate_ar(model, p))
         else:
-            outs.append(generate(model, p, block_size, rule, threshold, steps))
+            outs.append(generate(model, p, block_size, rule, threshold, steps, schedule=schedule))
     if dev.type == "cuda":
         torch.cuda.synchronize()
     secs = time.time() - t0
@@ -97,8 +98,11 @@ def main():
         dev = pick_device(a.device)
         model, meta = load_checkpoint(a.ckpt, dev)
         # the split the checkpoint was trained against (generated or the user's JSONL)
+        if not a.test_jsonl and not meta.get("task"):
+            raise DataError(f"{a.ckpt} does not record its task; give --test-jsonl")
         rows = read_jsonl(a.test_jsonl) if a.test_jsonl else load_task(meta["task"])[1]
         rows = rows[:a.n] if a.n else rows
+        check_fit(rows, model.cfg.prompt_len, model.cfg.answer_len, "test data", fixed=True)
         r = evaluate(model, rows, a.block_size, a.rule, a.threshold, a.steps)
     except (CheckpointError, DataError) as e:
         sys.exit(f"error: {e}")

@@ -30,6 +30,7 @@ CUDA graph on GPU. bench/bench_decode.py measures both against `generate_ar`.
 """
 import argparse
 import functools
+import json
 import math
 import sys
 import time
@@ -41,7 +42,7 @@ from data.task import DataError, encode_prompts
 from data.tokenizer import EOS_ID, MASK_ID, decode
 from model import CheckpointError, KVCache, attention_mask, load_checkpoint, pick_device
 
-RULES = ("dynamic", "static", "ltr")
+RULES = ("dynamic", "static", "ltr", "schedule")
 
 
 def _rule_args(rule, threshold, k):
@@ -72,8 +73,12 @@ def _choose(rule, conf, cand, need, threshold, k):
 
 @torch.no_grad()
 def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
-             steps: int = None, temperature: float = 0.0, generator: torch.Generator = None):
+             steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
+             schedule=None):
     """Decode the answer area for a batch of left-padded prompts [N, P].
+
+    rule "schedule" replays a fixed schedule Ŝ (schedule.py): a list whose j-th entry holds
+    the in-block positions to commit at a block's j-th step, whatever the confidences.
 
     Returns a dict of CPU tensors: tokens [N, A] (eos where never decoded), step [N, A] (the
     sequence's forward index that committed each token, -1 if never decoded), logp [N, A]
@@ -82,6 +87,8 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     finished [N] (an eos was produced)."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+    if (rule == "schedule") != (schedule is not None):
+        raise ValueError("rule 'schedule' and a schedule go together")
     cfg, dev = model.cfg, prompts.device
     N, A = prompts.shape[0], cfg.answer_len
     k_static = math.ceil(block_size / (steps or block_size))
@@ -96,6 +103,7 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     for b, start in enumerate(range(0, A, block_size)):
         end = min(start + block_size, A)
         blk = tokens[rows, start:end]
+        j = 0  # step within the block (the batch moves through a block in lockstep)
         while True:
             masked = blk == MASK_ID
             need = masked.any(1) & ~done[rows]
@@ -111,7 +119,13 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
                 lp_all = F.log_softmax(logits, dim=-1)
                 tok = lp_all.argmax(-1)
             lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
-            commit = _choose(rule, lp.exp(), masked, need, threshold, k_static)
+            if rule == "schedule":  # Ŝ[j]'s positions; past its end, whatever is left
+                named = torch.zeros(blk.shape[1], dtype=torch.bool, device=dev)
+                named[[p for p in schedule[j] if p < blk.shape[1]] if j < len(schedule) else slice(None)] = True
+                commit = masked & named & need[:, None]
+            else:
+                commit = _choose(rule, lp.exp(), masked, need, threshold, k_static)
+            j += 1
             blk = torch.where(commit, tok, blk)
             step[rows, start:end] = torch.where(commit, nfe[rows, None], step[rows, start:end])
             logp[rows, start:end] = torch.where(commit, lp, logp[rows, start:end])
@@ -264,8 +278,8 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
     dynamic rule, whose step count depends on the confidences (static and ltr, whose
     step count is known, skip it on CUDA). stats, if given, receives the number of
     batch forwards and host syncs."""
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+    if rule not in RULES or rule == "schedule":
+        raise ValueError(f"generate_fast runs {RULES[:3]}, not {rule!r} (use generate)")
     cfg, dev = model.cfg, prompts.device
     N, A, V = prompts.shape[0], cfg.answer_len, cfg.vocab_size
     k_static = math.ceil(block_size / (steps or block_size))
@@ -372,6 +386,26 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
     return {k: v.cpu() for k, v in out.items()}
 
 
+def show_decoding(tokens, step, block_size: int, color: bool = True) -> str:
+    """Replay one answer's trace as text, one line per forward: '_' still masked, the
+    tokens committed by that forward highlighted (reverse video on a terminal, [x]
+    otherwise). Rebuilt from the step map, which records exactly what each forward did."""
+    lines = []
+    for s in range(int(step.max()) + 1):
+        if not (step == s).any():
+            continue
+        cells = []
+        for i, (t, st) in enumerate(zip(tokens.tolist(), step.tolist())):
+            if i and i % block_size == 0:
+                cells.append("|")
+            ch = "_" if st < 0 or st > s else ("⏎" if t >= 256 else decode([t]) or "?")
+            if st == s:
+                ch = f"\x1b[7m{ch}\x1b[0m" if color else f"[{ch}]"
+            cells.append(ch)
+        lines.append(f"  forward {s:2d}  " + "".join(cells))
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description="Decode prompts with a tstar checkpoint.")
     ap.add_argument("--ckpt", required=True, help="checkpoint (.pt) written by train.py/tracerl.py")
@@ -386,14 +420,22 @@ def main():
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--fast", action="store_true",
                     help="use the compiled static-shape sampler (generate_fast)")
+    ap.add_argument("--schedule", default=None,
+                    help="Ŝ JSON from schedule.py to replay (implies --rule schedule)")
+    ap.add_argument("--show", action="store_true",
+                    help="print the first problem's answer filling in, forward by forward")
     a = ap.parse_args()
+    schedule = None
     try:
         dev = pick_device(a.device)
         model, _ = load_checkpoint(a.ckpt, dev)
         model.eval()
         qs = a.prompt or ["23+4*6-9", "7*8-15", "12+19-4"]
         prompts = encode_prompts(qs, model.cfg.prompt_len).to(dev)
-    except (CheckpointError, DataError) as e:
+        if a.schedule:
+            with open(a.schedule) as f:
+                schedule, a.rule = json.load(f)["schedule"], "schedule"
+    except (CheckpointError, DataError, OSError, ValueError, KeyError) as e:
         sys.exit(f"error: {e}")
     g = torch.Generator(device=dev).manual_seed(a.seed)
     t0 = time.time()
@@ -401,8 +443,12 @@ def main():
         out = generate_ar(model, prompts, a.temperature, g)
     else:
         sampler = generate_fast if a.fast else generate
-        out = sampler(model, prompts, a.block_size, a.rule, a.threshold, a.steps, a.temperature, g)
+        extra = {"schedule": schedule} if schedule else {}
+        out = sampler(model, prompts, a.block_size, a.rule, a.threshold, a.steps, a.temperature, g, **extra)
     dt = time.time() - t0
+    if a.show:
+        print(f"{qs[0]}  (B={a.block_size}, rule {a.rule}; | = block boundary)")
+        print(show_decoding(out["tokens"][0], out["step"][0], a.block_size or 1, sys.stdout.isatty()))
     for q, ids in zip(qs, out["tokens"]):
         print(f"{q} -> {decode(ids)}")
     print(f"TPF {out['n_gen'].sum().item() / out['nfe'].sum().item():.2f}  ({dt:.2f}s)")

@@ -3,6 +3,9 @@
     python curriculum.py --stages 4,8,16            # the main job (CPU default, see README)
     python curriculum.py --stages 4,8 --quick       # a few-minute smoke run
     python curriculum.py --stages 4,8,16 --out runs/tstar   # resume: finished stages are skipped
+    torchrun --nproc_per_node 2 curriculum.py --stages 4,8 --quick --out runs/ddp   # data parallel
+    python curriculum.py --stages 4,8 --train-jsonl my/train.jsonl --test-jsonl my/test.jsonl \
+        --prompt-len 64 --max-seq-len 160                # your own GSM8K-style data
 
 What runs, each step skipped when its checkpoint already exists (DESIGN §8):
   data -> AR pre-train (ar.pt) -> block SFT at the first B (sft{B0}.pt) ->
@@ -16,6 +19,11 @@ Reconstructed, not copied: the paper's body is not public to us. Its abstract fi
 the idea (AR-initialised small-block MDM, TraceRL per block size, progressive growth);
 the stage budget rule (a reward target with a step cap), the no-RL ladder and the
 direct baseline's budget are our choices (README, "What is ours").
+
+Under torchrun (dist.py) every stage is data parallel: supervised batches and RL prompts
+are split across ranks, rank 0 writes the checkpoints, settings, evaluation cache and
+report, and the others wait at a barrier after each save, so a resume sees the same
+files everywhere. Evaluation jobs (checkpoint x B x rule) are dealt out across ranks.
 """
 import argparse
 import json
@@ -26,7 +34,8 @@ from dataclasses import asdict
 
 import torch
 
-from data.task import DataError, add_task_args, load_task, task_from_args
+import dist
+from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
 from eval_math import evaluate
 from schedule import schedule_stats
 from model import CheckpointError, GPTConfig, load_checkpoint, pick_device, save_checkpoint
@@ -83,10 +92,11 @@ class Run:
             if diff:
                 raise CheckpointError(f"{out} was made with other settings (stored vs now: {diff}); "
                                       f"use another --out or the same flags")
-        else:
+        elif dist.is_main():  # every rank checked above; only rank 0 writes
             with open(path + ".tmp", "w") as f:
                 json.dump(settings, f, indent=1)
             os.replace(path + ".tmp", path)
+        dist.barrier()
         self.cfg = GPTConfig(**settings["model"])
 
     def path(self, name):
@@ -99,8 +109,11 @@ class Run:
         return load_checkpoint(self.path(name), self.device, expect=self.cfg)
 
     def save(self, name, model, meta):
-        save_checkpoint(self.path(name), model, meta)
-        print(f"saved {self.path(name)}", flush=True)
+        """Rank 0 writes; every rank waits, so `have` agrees everywhere afterwards."""
+        if dist.is_main():
+            save_checkpoint(self.path(name), model, meta)
+            print(f"saved {self.path(name)}", flush=True)
+        dist.barrier()
 
 
 def rl_stage(run, name, parent, block_size, rollout_block_size, steps, rows, a, seed):
@@ -162,11 +175,13 @@ def main():
         a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
     cfg = GPTConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, max_seq_len=a.max_seq_len,
                     prompt_len=a.prompt_len)
+    dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     try:
         stages = parse_stages(a.stages, cfg.answer_len)
+        if a.n_prompts < dist.world():
+            raise ValueError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
     except ValueError as e:
-        sys.exit(f"error: {e}")
-    dev = pick_device(a.device)
+        sys.exit(f"error: {e}" if dist.is_main() else 1)
     task = task_from_args(a)
     # Flags that do not change what is trained may differ on resume; the ladder may grow.
     skip = {"out", "device", "stages", "eval_threshold"}
@@ -174,6 +189,7 @@ def main():
     t_start = time.time()
     try:
         train_rows, test_rows = load_task(task)  # before Run: bad data leaves no run directory
+        check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
         run = Run(a.out, settings, dev)
         B0 = stages[0]
         # --- supervised stages: the AR-initialised small-block MDM
@@ -214,35 +230,44 @@ def main():
                 ([f"direct{Bl}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
         results = evaluate_all(run, names, stages, test_rows, a)
     except (CheckpointError, DataError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
-    report(run, names, stages, results, time.time() - t_start, a)
+        sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why
+    if dist.is_main():
+        report(run, names, stages, results, time.time() - t_start, a)
+    dist.close()
 
 
 def evaluate_all(run, names, stages, test_rows, a):
     """Every checkpoint at every block size, both rules; cached in eval.json by file mtime
-    so a resumed run only evaluates what changed."""
+    so a resumed run only evaluates what changed. Under torchrun each checkpoint's
+    evaluations are dealt out across ranks and gathered (tokens/s then shares the machine)."""
     cache_path = os.path.join(run.out, "eval.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     rows = []
     for name in names:
         model, meta = run.load(name)
         stamp = os.path.getmtime(run.path(name))
-        for B in stages:
-            for rule in ("dynamic", "static"):
-                key = f"{name}|{B}|{rule}|{a.eval_threshold}"
-                if key not in cache or cache[key]["stamp"] != stamp:
-                    r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=a.seed)
-                    row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
-                    row.update(schedule_stats(r["out"]["step"], B))
-                    row.update(method=name, trained_block=meta.get("block_size"), decode_block=B,
-                               stamp=stamp)
-                    cache[key] = row
-                    print(f"eval {name:>9} @ B={B:<3} {rule:>7}: acc {100 * row['accuracy']:5.1f}%  "
-                          f"TPF {row['tpf']:.2f}", flush=True)
-                rows.append(cache[key])
-        with open(cache_path + ".tmp", "w") as f:
-            json.dump(cache, f)
-        os.replace(cache_path + ".tmp", cache_path)
+        key = lambda B, rule: f"{name}|{B}|{rule}|{a.eval_threshold}"
+        jobs = [(B, rule) for B in stages for rule in ("dynamic", "static")]
+        todo = [(B, rule) for B, rule in jobs
+                if key(B, rule) not in cache or cache[key(B, rule)]["stamp"] != stamp]
+        new = {}
+        for B, rule in todo[dist.rank()::dist.world()]:
+            r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=a.seed)
+            row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
+            row.update(schedule_stats(r["out"]["step"], B))
+            row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
+            new[key(B, rule)] = row
+        for part in dist.gather_objects(new):
+            cache.update(part)
+        for B, rule in todo:
+            row = cache[key(B, rule)]
+            print(f"eval {name:>9} @ B={B:<3} {rule:>7}: acc {100 * row['accuracy']:5.1f}%  "
+                  f"TPF {row['tpf']:.2f}", flush=True)
+        rows += [cache[key(B, rule)] for B, rule in jobs]
+        if dist.is_main():
+            with open(cache_path + ".tmp", "w") as f:
+                json.dump(cache, f)
+            os.replace(cache_path + ".tmp", cache_path)
     return rows
 
 

@@ -1,6 +1,8 @@
 """TraceRL: trajectory-aware RL for a block-diffusion policy (DESIGN §7).
 
     python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --steps 40 --out runs/x/rl8.pt
+    python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --value-model --out runs/x/rl8v.pt
+    torchrun --nproc_per_node 2 tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --out runs/x/rl8.pt
 
 One RL step reads top to bottom as: rollouts -> rewards -> advantages -> rows -> update.
   1. rollouts: P prompts x K samples at temperature 1, dynamic decoding at the rollout
@@ -17,8 +19,10 @@ One RL step reads top to bottom as: rollouts -> rewards -> advantages -> rows ->
 π_old is the sampler's recorded log-prob; tests/ checks it equals the recomputation in
 the training layout. When rollouts use another block size than training (the warm-up
 of a block-size change) the states differ, so π_old is recomputed in the training
-layout once per step. Simplified from the paper: no value model by default (see
---value-model in issue 5), binary reward only, a single process by default.
+layout once per step. Simplified from the paper: no value model by default
+(`--value-model` adds the diffusion value model of value.py: A_t = R − V(s_t)), binary
+reward only. Under torchrun the P prompts are split across ranks (each prompt's K samples
+on one rank), the loss is normalised by global counts and gradients are summed (dist.py).
 """
 import argparse
 import math
@@ -29,11 +33,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data.task import DataError, add_task_args, encode_prompts, load_task, task_from_args
+import dist
+from data.task import (DataError, add_task_args, check_fit, encode_prompts, load_task, read_jsonl,
+                       task_from_args)
 from data.tokenizer import MASK_ID, decode
 from eval_math import is_correct
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint, training_layout
 from sample import generate
+from value import Critic, row_values, token_advantages, value_loss
 
 
 # ----------------------------------------------------------------------------- maths
@@ -101,31 +108,57 @@ def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int):
 # ----------------------------------------------------------------------------- one RL step
 
 @torch.no_grad()
-def rollout(model, rows, n_prompts, k, block_size, threshold, gen):
-    """Sample P prompts, K responses each; grade them. Returns a dict of tensors."""
+def rollout(model, rows, n_prompts, k, block_size, threshold, gen, sample_gen=None):
+    """Pick P prompts with the shared `gen` (every rank picks the same ones), sample K
+    responses for this rank's share with `sample_gen` (default: gen), grade them.
+    DDP: the P prompts are split across ranks, prompt p on rank p % world, each with all
+    its K samples, so a group's mean and std (its advantage) are computed on the rank
+    that sampled it and no rewards need gathering. Returns a dict of tensors."""
     dev = next(model.parameters()).device
     pick = torch.randint(len(rows), (n_prompts,), generator=gen, device=dev).tolist()
-    group = [rows[i] for i in pick]
+    group = [rows[i] for i in pick[dist.rank()::dist.world()]]
     prompts = encode_prompts([r["question"] for r in group], model.cfg.prompt_len)
     prompts = prompts.repeat_interleave(k, 0).to(dev)
     model.eval()
-    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=1.0, generator=gen)
+    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=1.0,
+                   generator=sample_gen or gen)
     texts = [decode(t) for t in out["tokens"]]
     reward = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
                            for i, (t, f) in enumerate(zip(texts, out["finished"]))])
-    return dict(out, prompts=prompts.cpu(), reward=reward.view(n_prompts, k), texts=texts)
+    return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k), texts=texts)
 
 
-def rl_step(model, opt, rows, a, gen):
+def rl_step(model, opt, rows, a, gen, critic=None):
     """rollouts -> rewards -> advantages -> rows -> update. Returns a log dict."""
     t0 = time.time()
+    own = dist.rank_generator(gen)  # `gen` itself in one process
+    ro = rollout(model, rows, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own)
+    log = rl_update(model, opt, ro, a, own, critic)
+    log["secs"] = time.time() - t0
+    return log
+
+
+def rl_update(model, opt, ro, a, gen, critic=None):
+    """Advantages -> trace rows -> PPO-clip update, for this rank's rollouts `ro`. Every
+    count that normalises the loss is global (summed over ranks), so the summed gradients
+    equal one process's on all the rollouts (with --updates 1; tests/test_ddp.py)."""
     dev = next(model.parameters()).device
-    ro = rollout(model, rows, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen)
     adv, kept = group_advantages(ro["reward"], a.acc_band)
     adv = adv.view(-1)
-    # Rows: only responses with a non-zero advantage can move the loss (ρ = 1 makes the
-    # k3 gradient 0 on the first update), so the others are not built at all.
-    resp = (adv != 0).nonzero().squeeze(1).tolist()
+    if critic is None:
+        # Only responses with a non-zero advantage can move the loss (ρ = 1 makes the
+        # k3 gradient 0 on the first update), so the others are not built at all.
+        resp = (adv != 0).nonzero().squeeze(1).tolist()
+    else:
+        # With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
+        # every response of a group inside --acc-band is used.
+        acc = ro["reward"].mean(1)
+        in_band = (acc >= a.acc_band[0]) & (acc <= a.acc_band[1])
+        resp = in_band.repeat_interleave(a.k).nonzero().squeeze(1).tolist()
+    g = dist.all_reduce_sum(torch.tensor([ro["reward"].sum(), ro["reward"].numel(), kept.sum(), len(resp),
+                                          ro["n_gen"].sum(), ro["nfe"].sum()], dtype=torch.float64))
+    n_resp = int(g[3])  # over all ranks: the loss is the mean over every rank's responses
+    ret = ro["reward"].view(-1)
     R_prompt, R_clean, R_noisy, R_tgt, R_old, R_adv, R_w = [], [], [], [], [], [], []
     for i in resp:
         for noisy, tgt in trace_rows(ro["step"][i], a.rollout_block_size, a.shrink):
@@ -133,51 +166,80 @@ def rl_step(model, opt, rows, a, gen):
             R_noisy.append(noisy); R_tgt.append(tgt)
             R_old.append(ro["logp"][i][tgt])
             n_t = int(tgt.sum())
-            R_adv.append(torch.full((n_t,), float(adv[i])))
+            # the group advantage, or the return R (the critic's value is subtracted below)
+            R_adv.append(torch.full((n_t,), float(adv[i] if critic is None else ret[i])))
             # 1/L_resp with L_resp = every token the sampler committed for this response
             # (tokens committed after the first eos are actions too), so a response's
             # weights sum to 1 / n_resp.
-            R_w.append(torch.full((n_t,), 1.0 / (float((ro["step"][i] >= 0).sum()) * len(resp))))
-    log = dict(reward=ro["reward"].mean().item(), kept=int(kept.sum()), n_resp=len(resp),
-               rows=len(R_prompt), tpf=(ro["n_gen"].sum() / ro["nfe"].sum()).item(),
-               loss=0.0, clip=0.0, kl=0.0)
-    if R_prompt:
+            R_w.append(torch.full((n_t,), 1.0 / (float((ro["step"][i] >= 0).sum()) * n_resp)))
+    n_rows = len(R_prompt)
+    log = dict(reward=(g[0] / g[1]).item(), kept=int(g[2]), n_resp=n_resp,
+               rows=int(dist.all_reduce_sum(n_rows)), tpf=(g[4] / g[5]).item(), loss=0.0, clip=0.0, kl=0.0)
+    if critic is not None:
+        log["vloss"] = 0.0
+    if log["rows"] == 0:  # no rank has a row: no update anywhere
+        return log
+    if n_rows:
         stack = lambda xs: torch.stack(xs).to(dev)
         P_, C_, N_, T_ = stack(R_prompt), stack(R_clean), stack(R_noisy), stack(R_tgt)
-        n_rows = P_.shape[0]
         # Per-row slices into the flat target arrays (row-major order, as row_logprobs).
-        counts = T_.sum(1).cpu()
-        offs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        offs = torch.cat([torch.zeros(1, dtype=torch.long), T_.sum(1).cpu().cumsum(0)])
         old, adv_t, w_t = (torch.cat(x).to(dev) for x in (R_old, R_adv, R_w))
-        if a.rollout_block_size != a.block_size:  # warm-up: states differ, recompute π_old
-            with torch.no_grad():
-                old = torch.cat([row_logprobs(model, P_[j:j + a.micro_batch], C_[j:j + a.micro_batch],
-                                              N_[j:j + a.micro_batch], T_[j:j + a.micro_batch],
-                                              a.block_size) for j in range(0, n_rows, a.micro_batch)])
-        model.train()
-        perm = torch.randperm(n_rows, generator=gen, device=dev).cpu()
-        chunks = perm.chunk(a.updates)
-        tot_loss = tot_clip = tot_kl = 0.0
-        for chunk in chunks:
-            opt.zero_grad(set_to_none=True)
-            for mb in chunk.split(a.micro_batch):
-                tok = torch.cat([torch.arange(offs[j], offs[j + 1]) for j in mb.tolist()]).to(dev)
-                mbd = mb.to(dev)
-                new = row_logprobs(model, P_[mbd], C_[mbd], N_[mbd], T_[mbd], a.block_size)
-                loss, clip, kl = policy_loss(new, old[tok], adv_t[tok], w_t[tok] * len(chunks),
-                                             a.clip_eps, a.kl_beta)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"RL loss is {loss.item()}; stopping the stage "
-                                             f"without saving (try a lower --lr)")
-                loss.backward()
-                tot_loss += loss.item() / len(chunks)
-                tot_clip += clip.item() * len(mb) / n_rows
-                tot_kl += kl.item() * len(mb) / n_rows
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        model.eval()
-        log.update(loss=tot_loss, clip=tot_clip, kl=tot_kl)
-    log["secs"] = time.time() - t0
+        batches = [slice(j, j + a.micro_batch) for j in range(0, n_rows, a.micro_batch)]
+        with torch.no_grad():
+            if a.rollout_block_size != a.block_size:  # warm-up: states differ, recompute π_old
+                old = torch.cat([row_logprobs(model, P_[j], C_[j], N_[j], T_[j], a.block_size) for j in batches])
+            if critic is not None:  # V_old of every target's state; A_t = R − V_old
+                critic.model.eval()
+                ret_t = adv_t
+                v_old = torch.cat([row_values(critic.model, P_[j], C_[j], N_[j], T_[j], a.block_size)
+                                   for j in batches])
+                adv_t = token_advantages(ret_t, v_old)
+    model.train()
+    if critic is not None:
+        critic.model.train()
+    perm = torch.randperm(n_rows, generator=gen, device=dev).cpu()
+    tot = torch.zeros(4, dtype=torch.float64)  # loss, clip * rows, kl * rows, value loss
+    # Every rank takes a.updates optimiser steps (some chunks may be empty on some ranks),
+    # so the ranks' all-reduces and steps line up.
+    for chunk in torch.tensor_split(perm, a.updates):
+        opt.zero_grad(set_to_none=True)
+        if critic is not None:
+            critic.opt.zero_grad(set_to_none=True)
+        for j in range(0, len(chunk), a.micro_batch):
+            mb = chunk[j:j + a.micro_batch]
+            tok = torch.cat([torch.arange(offs[r], offs[r + 1]) for r in mb.tolist()]).to(dev)
+            mbd = mb.to(dev)
+            w = w_t[tok] * a.updates
+            new = row_logprobs(model, P_[mbd], C_[mbd], N_[mbd], T_[mbd], a.block_size)
+            loss, clip, kl = policy_loss(new, old[tok], adv_t[tok], w, a.clip_eps, a.kl_beta)
+            loss.backward()
+            tot += torch.tensor([loss.item() / a.updates, clip.item() * len(mb), kl.item() * len(mb), 0.0],
+                                dtype=torch.float64)
+            if critic is not None:
+                v = row_values(critic.model, P_[mbd], C_[mbd], N_[mbd], T_[mbd], a.block_size)
+                vl = value_loss(v, v_old[tok], ret_t[tok], w, critic.clip)
+                vl.backward()
+                tot[3] += vl.item() / a.updates
+        dist.all_reduce_grads(model)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        # A non-finite loss on any rank stops every rank (deciding alone would leave the
+        # others waiting in the next all-reduce).
+        if dist.all_reduce_sum(float(not math.isfinite(tot[0]))) or not torch.isfinite(norm):
+            raise FloatingPointError(f"RL loss is {tot[0].item()}, gradient norm {norm.item()}; "
+                                     f"stopping the stage without saving (try a lower --lr)")
+        opt.step()
+        if critic is not None:
+            dist.all_reduce_grads(critic.model)
+            torch.nn.utils.clip_grad_norm_(critic.model.parameters(), 1.0)
+            critic.opt.step()
+    model.eval()
+    if critic is not None:
+        critic.model.eval()
+    tot = dist.all_reduce_sum(tot)
+    log.update(loss=tot[0].item(), clip=(tot[1] / log["rows"]).item(), kl=(tot[2] / log["rows"]).item())
+    if critic is not None:
+        log["vloss"] = tot[3].item()
     return log
 
 
@@ -185,17 +247,20 @@ def run_tracerl(model, rows, a, name="rl", seed=0):
     """A TraceRL stage: up to a.steps RL steps, stopping early once the mean rollout
     reward of the last 5 steps reaches a.target_reward (0 = never). Returns history."""
     dev = next(model.parameters()).device
+    dist.broadcast_params(model)
     gen = torch.Generator(device=dev).manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    critic = Critic(model, a.value_lr, a.value_clip) if getattr(a, "value_model", False) else None
     hist = []
     for step in range(a.steps):
-        log = rl_step(model, opt, rows, a, gen)
+        log = rl_step(model, opt, rows, a, gen, critic)
         hist.append(log)
+        vloss = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
         print(f"{name} step {step + 1:3d}/{a.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
               f"{a.n_prompts} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
-              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f} | "
+              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | "
               f"{log['secs']:.1f}s", flush=True)
-        recent = [h["reward"] for h in hist[-5:]]
+        recent = [h["reward"] for h in hist[-5:]]  # global rewards: every rank stops together
         if a.target_reward > 0 and len(recent) == 5 and sum(recent) / 5 >= a.target_reward:
             print(f"{name}: mean reward of the last 5 steps {sum(recent) / 5:.3f} >= target "
                   f"{a.target_reward}; stage done")
@@ -203,9 +268,9 @@ def run_tracerl(model, rows, a, name="rl", seed=0):
     return hist
 
 
-def add_rl_args(ap, prefix=""):
+def add_rl_args(ap):
     """RL flags, shared with curriculum.py."""
-    ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step")
+    ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
     ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (1e-4 lost 7 points at B=4, docs/experiments.md)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
@@ -218,6 +283,10 @@ def add_rl_args(ap, prefix=""):
                     help="keep groups whose accuracy is in [lo,hi], e.g. 0.2,0.8")
     ap.add_argument("--target-reward", type=float, default=0.0,
                     help="end the stage once the 5-step mean reward reaches this (0 = run all steps)")
+    ap.add_argument("--value-model", action="store_true",
+                    help="advantage R - V(state) from a diffusion value model instead of the group z-score (value.py)")
+    ap.add_argument("--value-lr", type=float, default=1e-4, help="value model learning rate")
+    ap.add_argument("--value-clip", type=float, default=0.2, help="value loss clip (PPO value clipping)")
 
 
 def main():
@@ -234,16 +303,22 @@ def main():
     a = ap.parse_args()
     a.rollout_block_size = a.rollout_block_size or a.block_size
     try:
-        dev = pick_device(a.device)
+        dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
+        if a.n_prompts < dist.world():
+            raise DataError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
         model, meta = load_checkpoint(a.ckpt, dev)
-        task = meta.get("task") if not a.train_jsonl else task_from_args(a)
-        train_rows, _ = load_task(task or task_from_args(a))
+        # RL needs only training prompts: --train-jsonl alone, else the checkpoint's own task
+        train_rows = read_jsonl(a.train_jsonl) if a.train_jsonl else load_task(meta.get("task") or task_from_args(a))[0]
+        check_fit(train_rows, model.cfg.prompt_len, model.cfg.answer_len, "training data", fixed=True)
         hist = run_tracerl(model, train_rows, a, name=f"rl{a.block_size}", seed=a.seed)
-        save_checkpoint(a.out, model, dict(meta, stage="rl", block_size=a.block_size, rl_history=hist,
-                                           parent=os.path.abspath(a.ckpt)))
-        print(f"saved {a.out}")
+        if dist.is_main():
+            save_checkpoint(a.out, model, dict(meta, stage="rl", block_size=a.block_size, rl_history=hist,
+                                               parent=os.path.abspath(a.ckpt)))
+            print(f"saved {a.out}")
+        dist.barrier()
     except (CheckpointError, DataError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why
+    dist.close()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     python train.py                                   # AR pre-train + SFT at B=4 -> runs/default
     python train.py --stage ar --out runs/x
     python train.py --stage sft --block-size 8 --init runs/x/ar.pt --out runs/x
+    python train.py --train-jsonl my/train.jsonl --test-jsonl my/test.jsonl --prompt-len 64 --max-seq-len 160
+    torchrun --nproc_per_node 2 train.py --out runs/ddp   # data parallel (dist.py), same global batch
 
 AR pre-training is next-token loss on question+answer with the prompt's loss masked.
 Block SFT (DESIGN §5) masks each answer token with probability t ~ U[0.1, 1] per sequence
@@ -25,8 +27,10 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
-from data.task import DataError, add_task_args, load_task, task_from_args, task_tensors
+import dist
+from data.task import DataError, add_task_args, check_fit, load_task, task_from_args, task_tensors
 from data.tokenizer import MASK_ID
 from model import (GPT, CheckpointError, GPTConfig, load_checkpoint, pick_device,
                    save_checkpoint, training_layout)
@@ -41,18 +45,32 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def ar_loss(model, prompts, answers, lens):
-    """Next-token CE on the answer and its eos; prompt and eos fill are ignored (-1)."""
+def ce_sum(logits, targets):
+    """(summed CE over targets != -1, in fp32 or wider; number of such targets). The train
+    loop divides by the count over all ranks, so the ranks' shares add up to the token mean."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                         ignore_index=-1, reduction="sum")
+    return ce, (targets != -1).sum()
+
+
+def ar_loss(model, prompts, answers, lens, part=slice(None)):
+    """Next-token CE on the answer and its eos; prompt and eos fill are ignored (-1).
+    `part` picks this rank's rows of the batch. Returns ce_sum's (sum, count)."""
+    prompts, answers, lens = prompts[part], answers[part], lens[part]
     P = prompts.shape[1]
     seq = torch.cat([prompts, answers], 1)
     tgt = seq[:, 1:].clone()
     j = torch.arange(1, seq.shape[1], device=seq.device)[None, :] - P  # answer index of each target
     tgt[(j < 0) | (j >= lens[:, None])] = -1
-    return model(seq[:, :-1], tgt)[1]
+    return ce_sum(model(seq[:, :-1])[0], tgt)
 
 
-def sft_loss(model, prompts, answers, block_size: int, gen: torch.Generator, offsets: bool = True):
-    """Masked-diffusion CE in the [prompt | clean | noisy] layout at block_size."""
+def sft_loss(model, prompts, answers, block_size: int, gen: torch.Generator, offsets: bool = True,
+             part=slice(None)):
+    """Masked-diffusion CE in the [prompt | clean | noisy] layout at block_size. The noise
+    is drawn for the whole batch, then `part` picks this rank's rows, so every rank sees
+    the same noise a single process would. Returns ce_sum's (sum, count)."""
     N, A = answers.shape
     dev = answers.device
     t = torch.rand(N, 1, generator=gen, device=dev) * 0.9 + 0.1
@@ -60,19 +78,30 @@ def sft_loss(model, prompts, answers, block_size: int, gen: torch.Generator, off
     force = torch.randint(A, (N,), generator=gen, device=dev)
     m[torch.arange(N, device=dev), force] |= ~m.any(1)  # at least one masked token
     shift = int(torch.randint(block_size, (1,), generator=gen, device=dev)) if offsets else 0
+    prompts, answers, m = prompts[part], answers[part], m[part]
     pos, mask = training_layout(prompts.shape[1], A, block_size, shift, str(dev))
     idx = torch.cat([prompts, answers, answers.masked_fill(m, MASK_ID)], 1)
     tgt = torch.cat([torch.full_like(prompts, -1), torch.full_like(answers, -1),
                      answers.masked_fill(~m, -1)], 1)
-    return model(idx, tgt, pos, mask)[1]
+    return ce_sum(model(idx, pos=pos, mask=mask)[0], tgt)
 
 
 def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, test_data,
                seed: int = 0, warmup: int = 50, eval_every: int = 100, log_every: int = 10,
                name: str = "train"):
-    """The flat loop shared by both stages. loss_fn(model, batch_tensors, gen) -> loss.
-    Returns the final held-out loss."""
+    """The flat loop shared by both stages. loss_fn(model, batch_tensors, gen, part) ->
+    (summed loss, token count) over the rows `part` of the batch. Returns the final
+    held-out loss.
+
+    Under torchrun every rank draws the same global batch and noise from the shared-seed
+    `gen` and takes rows rank::world of it; the loss is divided by the global token
+    count and the gradients are summed across ranks, so a step equals the single-process
+    step on the whole batch (tests/test_ddp.py). --batch-size is the global batch."""
     dev = next(model.parameters()).device
+    if batch_size < dist.world():
+        raise DataError(f"--batch-size {batch_size} is smaller than the {dist.world()} processes")
+    part = slice(dist.rank(), None, dist.world())
+    dist.broadcast_params(model)
     gen = torch.Generator(device=dev).manual_seed(seed)
     eval_gen = torch.Generator(device=dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01,
@@ -81,11 +110,15 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
     n = data[0].shape[0]
     held_out = float("nan")
 
+    def global_mean(loss_sum, count):
+        tot = dist.all_reduce_sum(torch.stack([loss_sum.detach().float(), count.float()]))
+        return tot[1], (tot[0] / tot[1]).item()
+
     def evaluate():
         model.eval()
         eval_gen.manual_seed(1234)  # same noise every eval, so the curve is comparable
         with torch.no_grad(), autocast:
-            loss = loss_fn(model, [x[:512] for x in test_data], eval_gen).item()
+            loss = global_mean(*loss_fn(model, [x[:512] for x in test_data], eval_gen, part))[1]
         model.train()
         return loss
 
@@ -96,18 +129,20 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
             g["lr"] = lr_at(step, steps, lr, min(warmup, steps // 10 + 1))
         idx = torch.randint(n, (batch_size,), generator=gen, device=dev)
         with autocast:
-            loss = loss_fn(model, [x[idx] for x in data], gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}; stopping "
+            loss_sum, count = loss_fn(model, [x[idx] for x in data], gen, part)
+        n_tok, loss_value = global_mean(loss_sum, count)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{name}: loss is {loss_value} at step {step}; stopping "
                                      f"without saving (try a lower --lr)")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum / n_tok).backward()
+        dist.all_reduce_grads(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             held_out = evaluate()
         if step % log_every == 0 or step + 1 == steps:
-            print(f"{name} step {step + 1:5d}/{steps} | loss {loss.item():.4f} | held-out {held_out:.4f} "
+            print(f"{name} step {step + 1:5d}/{steps} | loss {loss_value:.4f} | held-out {held_out:.4f} "
                   f"| lr {opt.param_groups[0]['lr']:.1e} | {time.time() - t0:6.1f}s", flush=True)
     model.eval()
     return held_out
@@ -120,7 +155,7 @@ def run_ar(cfg: GPTConfig, task: dict, train_rows, test_rows, steps, lr, batch_s
     print(f"AR pre-training: {model.num_params() / 1e6:.2f}M parameters, {steps} steps, device {device}")
     data = [x.to(device) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)]
     test = [x.to(device) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)]
-    loss = train_loop(model, lambda m, b, g: ar_loss(m, *b), steps, lr, batch_size, data, test,
+    loss = train_loop(model, lambda m, b, g, part: ar_loss(m, *b, part), steps, lr, batch_size, data, test,
                       seed, log_every=log_every, name="ar")
     return model, dict(stage="ar", steps=steps, lr=lr, held_out_loss=loss, task=task, seed=seed)
 
@@ -131,7 +166,7 @@ def run_sft(model, task: dict, train_rows, test_rows, block_size, steps, lr, bat
     print(f"block SFT at B={block_size}: {steps} steps, block offsets {'on' if offsets else 'off'}")
     data = [x.to(dev) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)[:2]]
     test = [x.to(dev) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)[:2]]
-    loss = train_loop(model, lambda m, b, g: sft_loss(m, *b, block_size, g, offsets), steps, lr,
+    loss = train_loop(model, lambda m, b, g, part: sft_loss(m, *b, block_size, g, offsets, part), steps, lr,
                       batch_size, data, test, seed, log_every=log_every, name=name or f"sft{block_size}")
     return model, dict(stage="sft", block_size=block_size, steps=steps, lr=lr, offsets=offsets,
                        held_out_loss=loss, task=task, seed=seed)
@@ -147,7 +182,7 @@ def main():
     ap.add_argument("--sft-steps", type=int, default=1000, help="block SFT steps")
     ap.add_argument("--ar-lr", type=float, default=1e-3, help="AR peak learning rate")
     ap.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak learning rate")
-    ap.add_argument("--batch-size", type=int, default=64, help="sequences per step")
+    ap.add_argument("--batch-size", type=int, default=64, help="sequences per step (global under torchrun)")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
     ap.add_argument("--n-layer", type=int, default=4, help="transformer layers")
     ap.add_argument("--n-head", type=int, default=4, help="attention heads")
@@ -159,29 +194,37 @@ def main():
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     add_task_args(ap)
     a = ap.parse_args()
-    dev = pick_device(a.device)
+    dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     task = task_from_args(a)
     try:
         train_rows, test_rows = load_task(task)
         if a.stage in ("ar", "both"):
             cfg = GPTConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
                             max_seq_len=a.max_seq_len, prompt_len=a.prompt_len)
+            check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
             t0 = time.time()
             model, meta = run_ar(cfg, task, train_rows, test_rows, a.ar_steps, a.ar_lr, a.batch_size,
                                  dev, a.seed, a.log_every)
-            save_checkpoint(os.path.join(a.out, "ar.pt"), model, meta)
-            print(f"saved {a.out}/ar.pt ({time.time() - t0:.0f}s)")
+            save(os.path.join(a.out, "ar.pt"), model, meta, t0)
         if a.stage in ("sft", "both"):
             model, _ = load_checkpoint(a.init or os.path.join(a.out, "ar.pt"), dev)
+            check_fit(train_rows + test_rows, model.cfg.prompt_len, model.cfg.answer_len,
+                      fixed=a.stage == "sft")
             t0 = time.time()
             model, meta = run_sft(model, task, train_rows, test_rows, a.block_size, a.sft_steps,
                                   a.sft_lr, a.batch_size, a.seed, not a.no_block_offsets, a.log_every)
-            path = os.path.join(a.out, f"sft{a.block_size}.pt")
-            save_checkpoint(path, model, meta)
-            print(f"saved {path} ({time.time() - t0:.0f}s)")
+            save(os.path.join(a.out, f"sft{a.block_size}.pt"), model, meta, t0)
     except (CheckpointError, DataError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why
+    dist.close()
 
+
+def save(path, model, meta, t0):
+    """Rank 0 writes; the others wait, so nobody reads a checkpoint before it exists."""
+    if dist.is_main():
+        save_checkpoint(path, model, meta)
+        print(f"saved {path} ({time.time() - t0:.0f}s)")
+    dist.barrier()
 
 if __name__ == "__main__":
     main()

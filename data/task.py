@@ -216,6 +216,23 @@ def task_tensors(rows, prompt_len: int, answer_len: int):
     return encode_prompts([r["question"] for r in rows], prompt_len), answers, lens
 
 
+def check_fit(rows, prompt_len: int, answer_len: int, what: str = "data", fixed: bool = False):
+    """Fail with one line, before any training, if some question does not fit the prompt
+    area or some answer + eos does not fit the answer area; the line names the flag to
+    raise and the value that fits. fixed=True: the areas come from a checkpoint, so the
+    flag applies to pre-training it again."""
+    tok = get_tokenizer()
+    again = "; the checkpoint's areas are fixed, so pre-train again with it" if fixed else ""
+    q = max(len(tok.encode_ordinary(prompt_text(r["question"]))) for r in rows)
+    if q > prompt_len:
+        raise DataError(f"the {what} has a question of {q} tokens but the prompt area holds "
+                        f"{prompt_len} (raise --prompt-len to at least {q}{again})")
+    ans = max(len(tok.encode_ordinary(r["answer"])) + 1 for r in rows)
+    if ans > answer_len:
+        raise DataError(f"the {what} has an answer of {ans} tokens with its eos but the answer area "
+                        f"holds {answer_len} (raise --max-seq-len to at least {prompt_len + ans}{again})")
+
+
 def fit_prompt_len(rows, multiple: int = 16) -> int:
     """Smallest multiple of `multiple` that holds every prompt."""
     tok = get_tokenizer()

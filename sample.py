@@ -24,12 +24,11 @@ any row of the batch still has masks; rows that are done do not count it).
 
 Two implementations, same outputs for the same seed (tests/test_fast_sample.py):
 `generate` is the one to read (eager, drops finished rows, builds each step's mask);
-`generate_fast` keeps every shape static (fixed batch, full-length preallocated cache,
-masks precomputed per block) and runs each step as one torch.compile'd function, a
-CUDA graph on GPU. bench/bench_decode.py measures both against `generate_ar`.
+`fast_sample.generate_fast` keeps every shape static (fixed batch, full-length
+preallocated cache, masks precomputed per block) and runs each step as one
+torch.compile'd function, a CUDA graph on GPU. bench/bench_decode.py measures both against `generate_ar`.
 """
 import argparse
-import functools
 import json
 import math
 import sys
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 
 from data.task import DataError, encode_prompts
 from data.tokenizer import EOS_ID, MASK_ID, decode
-from model import CheckpointError, KVCache, attention_mask, load_checkpoint, pick_device
+from model import CheckpointError, KVCache, load_checkpoint, pick_device
 
 RULES = ("dynamic", "static", "ltr", "schedule")
 
@@ -154,204 +153,6 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     return {k: v.cpu() for k, v in out.items()}
 
 
-# ----------------------------------------------------------------------------- fast path
-
-@functools.lru_cache(maxsize=64)
-def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
-    """Everything position-related of a decode, built once, before the loop.
-
-    The fast path attends to the whole preallocated KV cache (max_seq_len slots) and
-    hides the slots not written yet with the mask, so every forward of a kind has one
-    static shape and no mask is built inside the loop. Per block: (start, end, first,
-    later), where first is the block's first step, fused with the cache write of the
-    pending tokens (the prompt for block 0, else the previous block, now clean), and
-    later is every later step (the block alone). Each is (cache slots the pending tokens
-    go to, pos [T], mask [T, S + T]): the first S mask columns are the cache slots, the
-    last T the step's own tokens, pending then block."""
-    slot = torch.arange(S, device=device)
-    out = []
-    for b, start in enumerate(range(0, A, block_size)):
-        end = min(start + block_size, A)
-        p0, pending_bid = (0, -1) if b == 0 else (P + start - block_size, b - 1)
-        steps = []
-        for L in (p0, P + start):  # cache length at the first step, then at later steps
-            Tp, Tb = P + start - L, end - start
-            pos = torch.arange(L, P + end, device=device)
-            q_bid = torch.tensor([pending_bid] * Tp + [b] * Tb, device=device)
-            q_noisy = torch.arange(Tp + Tb, device=device) >= Tp
-            own = attention_mask(q_bid, q_noisy, pos, q_bid, q_noisy, pos)
-            cached = (slot < L).expand(Tp + Tb, S)  # the prompt and finished blocks: all visible
-            steps.append((slice(L, L + Tp), pos, torch.cat([cached, own], 1)))
-        out.append((start, end, *steps))
-    return out
-
-
-def _cached_forward(model, idx, pos, mask, cache_k, cache_v):
-    """A forward of idx [N, T] at positions pos against the full, static-size cache.
-    Returns logits [N, T, V] and the new keys/values [n_layer, N, H, T, hd]. It writes
-    nothing (the caller copies the pending part into the cache): a compiled function
-    that mutates no input is the simple case for CUDA graphs."""
-    x = model.wte(idx) + model.wpe(pos)
-    ks, vs = [], []
-    for i, blk in enumerate(model.blocks):
-        x, k, v = blk(x, mask, cache_k[i], cache_v[i])
-        ks.append(k)
-        vs.append(v)
-    return model.head(x), torch.stack(ks), torch.stack(vs)
-
-
-def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nfe, done, q,
-                  threshold, k: int, by_index: bool, temperature: float):
-    """One step of `generate`'s inner loop for the whole fixed batch, as a pure function of
-    tensors, so torch.compile traces forward + sampling + commit rule as one graph.
-    pending [N, Tp] (Tp = 0 after a block's first step); blk/stp/lpb [N, Tb] are the
-    block's tokens, commit steps and log-probs. Finished rows ride along: they never
-    `need` a step, so they commit nothing and count no forward.
-    q [N, Tb, V] are Exp(1) draws: argmax(p / q) is exactly how torch.multinomial draws
-    one sample, so with the same draws the tokens equal `generate`'s (without
-    multinomial's host sync, which checks its input)."""
-    Tp, Tb = pending.shape[1], blk.shape[1]
-    logits, k_new, v_new = _cached_forward(model, torch.cat([pending, blk], 1), pos, mask,
-                                           cache_k, cache_v)
-    logits = logits[:, Tp:].float()
-    masked = blk == MASK_ID
-    need = masked.any(1) & ~done
-    if temperature > 0:
-        lp_all = F.log_softmax(logits / temperature, dim=-1)
-        tok = (lp_all.exp() / q).argmax(-1)
-    else:
-        lp_all = F.log_softmax(logits, dim=-1)
-        tok = lp_all.argmax(-1)
-    lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
-    commit = _commit(lp.exp(), masked, need, threshold, k, by_index)
-    blk = torch.where(commit, tok, blk)
-    stp = torch.where(commit, nfe[:, None], stp)
-    lpb = torch.where(commit, lp, lpb)
-    nfe = nfe + need.long()
-    is_eos = blk == EOS_ID
-    first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), Tb)
-    before = torch.arange(Tb, device=blk.device)[None, :] < first_eos[:, None]
-    done = done | (is_eos.any(1) & ~((blk == MASK_ID) & before).any(1))
-    more = ((blk == MASK_ID).any(1) & ~done).any()  # does any row need another step?
-    return blk, stp, lpb, nfe, done, more, k_new[:, :, :, :Tp], v_new[:, :, :, :Tp]
-
-
-_COMPILED = {}
-
-
-def compiled_step(device_type: str):
-    """torch.compile'd `_denoise_step`, one per device type.
-    CUDA: mode 'reduce-overhead' records each static shape (the first step of block 0,
-    P + B wide; of later blocks, 2B; every other step, B) as a CUDA graph, so a step is
-    one graph launch instead of ~150 kernel launches. CPU: default inductor, with
-    dynamic shapes so that one set of C++ kernels serves every block size and batch
-    (each static-shape graph would cost a gcc compile of its own)."""
-    if device_type not in _COMPILED:
-        cuda = device_type == "cuda"
-        # one graph per (shape, temperature > 0) on CUDA: more than dynamo's default of 8
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        if not cuda:
-            # Dynamic shapes without "duck sizing": otherwise two sizes that happen to be
-            # equal (prompt area = block size = 16, say) get one symbol, and the next block
-            # size that breaks the equality costs another compile.
-            import torch.fx.experimental._config as fx_config
-            fx_config.use_duck_shape = False
-        _COMPILED[device_type] = torch.compile(
-            _denoise_step, dynamic=not cuda, mode="reduce-overhead" if cuda else None,
-            # CPU: a C++ wrapper calls the kernels, not Python: ~10 % less per step
-            options=None if cuda else {"cpp_wrapper": True})
-    return _COMPILED[device_type]
-
-
-@torch.no_grad()
-def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
-                  steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
-                  compile: bool = True, stats: dict = None):
-    """`generate` with static shapes, for speed: same arguments, same output dict (equal
-    tokens, steps, n_gen, nfe, finished; log-probs to fp tolerance) for the same seed.
-
-    What differs inside: the batch never shrinks (finished rows stay and are ignored),
-    the KV cache is preallocated to max_seq_len and attended in full (masks precomputed
-    per block hide the slots not yet written), and each step is one call of
-    `_denoise_step` (forward + sampling + commit rule), compiled unless compile=False.
-    Host syncs: one per block (is any row left? which?), plus one per step for the
-    dynamic rule, whose step count depends on the confidences (static and ltr, whose
-    step count is known, skip it on CUDA). stats, if given, receives the number of
-    batch forwards and host syncs."""
-    if rule not in RULES or rule == "schedule":
-        raise ValueError(f"generate_fast runs {RULES[:3]}, not {rule!r} (use generate)")
-    cfg, dev = model.cfg, prompts.device
-    N, A, V = prompts.shape[0], cfg.answer_len, cfg.vocab_size
-    k_static = math.ceil(block_size / (steps or block_size))
-    thr, k, by_index = _rule_args(rule, threshold, k_static)
-    thr = torch.tensor(thr, device=dev)  # a tensor, so a new threshold is not a new graph
-    step_fn = compiled_step(dev.type) if compile else _denoise_step
-    cudagraphs = compile and dev.type == "cuda"
-    tokens = torch.full((N, A), MASK_ID, dtype=torch.long, device=dev)
-    step = torch.full((N, A), -1, dtype=torch.long, device=dev)
-    logp = torch.zeros(N, A, dtype=torch.float32, device=dev)
-    nfe = torch.zeros(N, dtype=torch.long, device=dev)
-    done = torch.zeros(N, dtype=torch.bool, device=dev)
-    cache = KVCache(cfg, N, dev)
-    no_pending = prompts[:, :0]
-    # Asking "does any row need another step?" is a host sync. The dynamic rule needs the
-    # answer (its step count depends on the confidences); static/ltr know their step
-    # count, so on CUDA they do not ask and run it out (the extra steps, once every row
-    # is done, commit nothing). On CPU asking costs nothing and saves those steps.
-    ask_every_step = rule == "dynamic" or dev.type != "cuda"
-    n_fwd = n_sync = 0
-    pending = prompts
-    layouts = _block_layouts(cfg.prompt_len, A, cfg.max_seq_len, block_size, str(dev))
-    for start, end, first, later in layouts:
-        Tb = end - start
-        # `generate` drops finished rows here and samples for the rest with one
-        # multinomial over [rows * Tb, V]; the RNG stream advances by the size of a draw,
-        # so we draw exactly that many and scatter them to the alive rows.
-        alive = (~done).nonzero().squeeze(1)
-        n_sync += 1
-        if len(alive) == 0:
-            break
-        # static/ltr: every row that needs a step commits min(k, masked) in it, so the
-        # step count is known; dynamic: after each step, ask whether any row has masks.
-        n_steps = Tb if rule == "dynamic" else math.ceil(Tb / min(k, Tb))
-        blk = torch.full((N, Tb), MASK_ID, dtype=torch.long, device=dev)
-        stp = torch.full((N, Tb), -1, dtype=torch.long, device=dev)
-        lpb = torch.zeros(N, Tb, dtype=torch.float32, device=dev)
-        for i in range(n_steps):
-            slots, pos, mask = first if i == 0 else later
-            q = None
-            if temperature > 0:
-                q = torch.empty(len(alive), Tb, V, device=dev).exponential_(generator=generator)
-                if len(alive) < N:
-                    q = torch.ones(N, Tb, V, device=dev).index_copy_(0, alive, q)
-            if cudagraphs:  # we clone what we keep of the last replay: its buffers may be reused
-                torch.compiler.cudagraph_mark_step_begin()
-            blk, stp, lpb, nfe, done, more, k_new, v_new = step_fn(
-                model, pending, blk, pos, mask, cache.k, cache.v, stp, lpb, nfe, done, q,
-                thr, k, by_index, temperature)
-            n_fwd += 1
-            if i == 0:  # the pending tokens are clean: their keys/values go to the cache
-                cache.k[:, :, :, slots], cache.v[:, :, :, slots] = k_new, v_new
-                pending = no_pending
-            if cudagraphs:
-                blk, stp, lpb, nfe, done = (t.clone() for t in (blk, stp, lpb, nfe, done))
-            if ask_every_step:
-                n_sync += 1
-                if not more:
-                    break
-        tokens[:, start:end], step[:, start:end], logp[:, start:end] = blk, stp, lpb
-        pending = blk
-    if stats is not None:
-        stats.update(forwards=n_fwd, syncs=n_sync)
-    # From here on exactly as in `generate`.
-    tokens = tokens.masked_fill(step < 0, EOS_ID)
-    is_eos = tokens == EOS_ID
-    has_eos = is_eos.any(1)
-    n_gen = torch.where(has_eos, is_eos.long().argmax(1) + 1, A)
-    out = dict(tokens=tokens, step=step, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
-    return {k: v.cpu() for k, v in out.items()}
-
-
 @torch.no_grad()
 def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Generator = None):
     """Plain AR decoding with a KV cache, one token per forward (the speed baseline, and
@@ -442,6 +243,8 @@ def main():
     if a.block_size == 0:
         out = generate_ar(model, prompts, a.temperature, g)
     else:
+        if a.fast:
+            from fast_sample import generate_fast  # the compiled twin of generate
         sampler = generate_fast if a.fast else generate
         extra = {"schedule": schedule} if schedule else {}
         out = sampler(model, prompts, a.block_size, a.rule, a.threshold, a.steps, a.temperature, g, **extra)

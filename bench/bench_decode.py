@@ -9,7 +9,7 @@
 Decoding table, one row per (path, block size, rule, batch):
   * AR: plain AR decoding with a KV cache (sample.generate_ar), the baseline;
   * eager: the readable block sampler (sample.generate);
-  * compiled: the static-shape sampler, torch.compile'd (sample.generate_fast); with
+  * compiled: the static-shape sampler, torch.compile'd (fast_sample.generate_fast); with
     --fast-eager also its uncompiled twin, which separates "static shapes" from "compiled".
 Columns: tok/s = generated tokens (up to and including eos) / wall time; TPF = those tokens
 / the forwards each row took part in (the fused KV-commit forward counted, DESIGN §6);
@@ -24,7 +24,7 @@ pending tokens too); `generate` drops finished rows, so its real work is a littl
 Training-side table: tokens/s of one AR pre-training step (train.ar_loss) and one block-SFT
 step (train.sft_loss), forward + backward + AdamW, tokens = positions in the forward; and
 sequences/s of a TraceRL rollout (tracerl.rollout, which decodes with sample.generate;
---rl-fast adds the same decode through sample.generate_fast).
+--rl-fast adds the same decode through fast_sample.generate_fast).
 
 Timing: each path is warmed up by one untimed call at each batch (the compiled one, on
 CUDA, at each block size too: new shapes), the paths of one configuration are timed in
@@ -52,7 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.task import encode_prompts, make_splits, task_tensors  # noqa: E402
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, pick_device  # noqa: E402
-from sample import generate, generate_ar, generate_fast  # noqa: E402
+from fast_sample import generate_fast  # noqa: E402
+from sample import generate, generate_ar  # noqa: E402
 
 # Assumed hardware figures for the floors (override with flags): H100 SXM HBM3 and its
 # dense FP32 (non-tensor-core: the sampler runs the weights in fp32); a 2-core AVX-512 CPU

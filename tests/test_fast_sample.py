@@ -1,4 +1,4 @@
-"""The fast sampler (sample.generate_fast) returns what the readable one (sample.generate)
+"""The fast sampler (fast_sample.generate_fast) returns what the readable one (sample.generate)
 returns: equal tokens, steps, n_gen, nfe and finished, log-probs to fp tolerance, for the
 same inputs and seed, eager and compiled, on CPU and (when there is one) on CUDA.
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model import GPT
-from sample import generate, generate_fast
+from fast_sample import generate_fast
+from sample import generate
 
 # inductor's C++ wrapper imports a deprecated torch.jit helper; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")

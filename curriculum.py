@@ -32,13 +32,12 @@ import sys
 import time
 from dataclasses import asdict
 
-import torch
-
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
 from eval_math import evaluate
 from schedule import schedule_stats
-from model import CheckpointError, GPTConfig, load_checkpoint, pick_device, save_checkpoint
+from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, load_checkpoint,
+                   pick_device, save_checkpoint)
 from tracerl import add_rl_args, run_tracerl
 from train import run_ar, run_sft
 
@@ -155,11 +154,7 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=0,
                     help="RL steps per stage with rollouts at the previous block size")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
-    ap.add_argument("--n-layer", type=int, default=4, help="transformer layers")
-    ap.add_argument("--n-head", type=int, default=4, help="attention heads")
-    ap.add_argument("--n-embd", type=int, default=128, help="model width")
-    ap.add_argument("--max-seq-len", type=int, default=48, help="prompt area + answer area")
-    ap.add_argument("--prompt-len", type=int, default=16, help="prompt area (left-padded)")
+    add_model_args(ap)
     ap.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
     ap.add_argument("--seed", type=int, default=0, help="training and rollout seed")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -173,8 +168,7 @@ def main():
     if a.quick:
         # overrides the budget flags: a smoke run, not a result
         a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
-    cfg = GPTConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, max_seq_len=a.max_seq_len,
-                    prompt_len=a.prompt_len)
+    cfg = config_from_args(a)
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     try:
         stages = parse_stages(a.stages, cfg.answer_len)

@@ -274,6 +274,21 @@ def load_checkpoint(path: str, device="cpu", expect: GPTConfig = None):
     return model, ck["meta"]
 
 
+def add_model_args(ap):
+    """The model-shape flags train.py and curriculum.py share (defaults: GPTConfig's)."""
+    d = GPTConfig()
+    ap.add_argument("--n-layer", type=int, default=d.n_layer, help="transformer layers")
+    ap.add_argument("--n-head", type=int, default=d.n_head, help="attention heads")
+    ap.add_argument("--n-embd", type=int, default=d.n_embd, help="model width")
+    ap.add_argument("--max-seq-len", type=int, default=d.max_seq_len, help="prompt area + answer area, in tokens")
+    ap.add_argument("--prompt-len", type=int, default=d.prompt_len, help="prompt area in tokens (left-padded)")
+
+
+def config_from_args(a) -> GPTConfig:
+    return GPTConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, max_seq_len=a.max_seq_len,
+                     prompt_len=a.prompt_len)
+
+
 def pick_device(name: str = "auto") -> str:
     if name != "auto":
         return name

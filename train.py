@@ -32,8 +32,8 @@ import torch.nn.functional as F
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args, task_tensors
 from data.tokenizer import MASK_ID
-from model import (GPT, CheckpointError, GPTConfig, load_checkpoint, pick_device,
-                   save_checkpoint, training_layout)
+from model import (GPT, CheckpointError, GPTConfig, add_model_args, config_from_args, load_checkpoint,
+                   pick_device, save_checkpoint, training_layout)
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
@@ -184,11 +184,7 @@ def main():
     ap.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak learning rate")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per step (global under torchrun)")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
-    ap.add_argument("--n-layer", type=int, default=4, help="transformer layers")
-    ap.add_argument("--n-head", type=int, default=4, help="attention heads")
-    ap.add_argument("--n-embd", type=int, default=128, help="model width")
-    ap.add_argument("--max-seq-len", type=int, default=48, help="prompt area + answer area, in tokens")
-    ap.add_argument("--prompt-len", type=int, default=16, help="prompt area in tokens (left-padded)")
+    add_model_args(ap)
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -199,8 +195,7 @@ def main():
     try:
         train_rows, test_rows = load_task(task)
         if a.stage in ("ar", "both"):
-            cfg = GPTConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
-                            max_seq_len=a.max_seq_len, prompt_len=a.prompt_len)
+            cfg = config_from_args(a)
             check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
             t0 = time.time()
             model, meta = run_ar(cfg, task, train_rows, test_rows, a.ar_steps, a.ar_lr, a.batch_size,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from data.tokenizer import EOS_ID, MASK_ID
 from model import KVCache, attention_mask
-from sample import RULES, _commit, _rule_args
+from sample import RULES, _commit, _rule_args, outputs
 
 @functools.lru_cache(maxsize=64)
 def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
@@ -210,10 +210,6 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
         stats.update(forwards=n_fwd, syncs=n_sync)
     # From here on exactly as in `generate`.
     tokens = tokens.masked_fill(step < 0, EOS_ID)
-    is_eos = tokens == EOS_ID
-    has_eos = is_eos.any(1)
-    n_gen = torch.where(has_eos, is_eos.long().argmax(1) + 1, A)
-    out = dict(tokens=tokens, step=step, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
-    return {k: v.cpu() for k, v in out.items()}
+    return outputs(tokens, step, logp, nfe)
 
 

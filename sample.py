@@ -70,6 +70,20 @@ def _choose(rule, conf, cand, need, threshold, k):
     return _commit(conf, cand, need, *_rule_args(rule, threshold, k))
 
 
+def outputs(tokens, step, logp, nfe):
+    """The output dict every sampler returns, on the CPU. One definition of n_gen for all of
+    them (tokens up to and including the first eos, A if none), so their TPFs compare.
+    step=None means AR decoding: token i came from forward i."""
+    is_eos = tokens == EOS_ID
+    has_eos = is_eos.any(1)
+    n_gen = torch.where(has_eos, is_eos.long().argmax(1) + 1, tokens.shape[1])
+    if step is None:
+        idx = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+        step = torch.where(idx < n_gen[:, None], idx, -1)
+    out = dict(tokens=tokens, step=step, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
+    return {k: v.cpu() for k, v in out.items()}
+
+
 @torch.no_grad()
 def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
              steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
@@ -145,12 +159,7 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     # Positions never decoded (after a row stopped) read as eos, with step -1. Tokens that
     # were committed after the first eos stay as they were: they are part of the state the
     # sampler saw, which TraceRL's rows must reproduce exactly.
-    tokens = tokens.masked_fill(step < 0, EOS_ID)
-    is_eos = tokens == EOS_ID
-    has_eos = is_eos.any(1)
-    n_gen = torch.where(has_eos, is_eos.long().argmax(1) + 1, A)
-    out = dict(tokens=tokens, step=step, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
-    return {k: v.cpu() for k, v in out.items()}
+    return outputs(tokens.masked_fill(step < 0, EOS_ID), step, logp, nfe)
 
 
 @torch.no_grad()
@@ -178,13 +187,7 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
         if done.all() or i == A - 1:
             break
         logits = model.decode_step(cache, tok[:, None], cfg.prompt_len + i)[:, -1]
-    is_eos = tokens == EOS_ID
-    has_eos = is_eos.any(1)
-    n_gen = torch.where(has_eos, is_eos.long().argmax(1) + 1, A)
-    step = torch.where(torch.arange(A, device=dev)[None, :] < n_gen[:, None],
-                       torch.arange(A, device=dev)[None, :], -1)
-    out = dict(tokens=tokens, step=step, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
-    return {k: v.cpu() for k, v in out.items()}
+    return outputs(tokens, None, logp, nfe)
 
 
 def show_decoding(tokens, step, block_size: int, color: bool = True) -> str:

@@ -156,7 +156,10 @@ def main():
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
     add_model_args(ap)
     ap.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
-    ap.add_argument("--seed", type=int, default=0, help="training and rollout seed")
+    ap.add_argument("--seed", type=int, default=0, help="training and rollout seed (one run, into --out)")
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated training seeds, e.g. 0,1,2: one ladder per seed into OUT/seed{S}, "
+                         "then OUT/aggregate.md and .json (mean and min-max per cell); overrides --seed")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     add_rl_args(ap)
     add_task_args(ap)
@@ -172,65 +175,92 @@ def main():
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     try:
         stages = parse_stages(a.stages, cfg.answer_len)
+        seeds = parse_seeds(a.seeds) if a.seeds else None
         if a.n_prompts < dist.world():
             raise ValueError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
     except ValueError as e:
         sys.exit(f"error: {e}" if dist.is_main() else 1)
-    task = task_from_args(a)
-    # Flags that do not change what is trained may differ on resume; the ladder may grow.
-    skip = {"out", "device", "stages", "eval_threshold"}
-    settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip})
-    t_start = time.time()
     try:
-        train_rows, test_rows = load_task(task)  # before Run: bad data leaves no run directory
-        check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
-        run = Run(a.out, settings, dev)
-        B0 = stages[0]
-        # --- supervised stages: the AR-initialised small-block MDM
-        if not run.have("ar"):
-            model, meta = run_ar(cfg, task, train_rows, test_rows, a.ar_steps, a.ar_lr, a.batch_size,
-                                 dev, a.seed, log_every=100)
-            run.save("ar", model, meta)
-        sft0 = f"sft{B0}"
-        if not run.have(sft0):
-            model, _ = run.load("ar")
-            model, meta = run_sft(model, task, train_rows, test_rows, B0, a.sft_steps, a.sft_lr,
-                                  a.batch_size, a.seed, not a.no_block_offsets, log_every=100)
-            run.save(sft0, model, dict(meta, method="sft"))
-        # --- T*: TraceRL at each block size from the previous stage
-        parent, prev_B, steps_used = sft0, B0, {}
-        for i, B in enumerate(stages):
-            cap = a.first_stage_steps if i == 0 else a.stage_steps
-            meta = rl_stage(run, f"tstar{B}", parent, B, prev_B, cap, train_rows, a, a.seed + 100 * i)
-            steps_used[B] = len(meta["rl_history"])
-            parent, prev_B = f"tstar{B}", B
-        # --- direct: the last block size straight from the SFT model, T*'s total RL steps
-        Bl = stages[-1]
-        if len(stages) > 1:
-            rl_stage(run, f"direct{Bl}", sft0, Bl, Bl, sum(steps_used.values()), train_rows, a, a.seed + 1000)
-        # --- no-RL: the same ladder with supervised updates instead of RL
-        parent = sft0
-        for B in stages[1:]:
-            name = f"norl{B}"
-            if not run.have(name):
-                model, meta = run.load(parent)
-                model, meta = run_sft(model, task, train_rows, test_rows, B, steps_used[B], a.sft_lr,
-                                      a.batch_size, a.seed, not a.no_block_offsets, log_every=100,
-                                      name=name)
-                run.save(name, model, dict(meta, method="norl", parent=parent))
-            parent = name
-        # --- evaluation
-        names = [sft0] + [f"tstar{B}" for B in stages] + \
-                ([f"direct{Bl}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
-        results = evaluate_all(run, names, stages, test_rows, a)
+        if seeds is None:  # one seed, straight into --out (as before --seeds existed)
+            run_ladder(a, cfg, stages, dev, a.out, a.seed)
+        else:  # one complete ladder per training seed, then the table over seeds
+            for s in seeds:
+                print(f"=== seed {s} -> {os.path.join(a.out, f'seed{s}')}", flush=True)
+                run_ladder(a, cfg, stages, dev, os.path.join(a.out, f"seed{s}"), s)
+            if dist.is_main():
+                aggregate(a.out, seeds, stages)
     except (CheckpointError, DataError, FloatingPointError) as e:
         sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why
-    if dist.is_main():
-        report(run, names, stages, results, time.time() - t_start, a)
     dist.close()
 
 
-def evaluate_all(run, names, stages, test_rows, a):
+def parse_seeds(text: str):
+    """'0,1,2' -> [0, 1, 2]; one-line ValueError for anything else."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must name distinct seeds, got {text!r}")
+    return seeds
+
+
+def run_ladder(a, cfg, stages, dev, out, seed):
+    """The whole job for one training seed in the run directory `out`: supervised base,
+    T*, direct, no-RL, evaluation, report. Every step is skipped when its checkpoint exists."""
+    task = task_from_args(a)
+    # Flags that do not change what is trained may differ on resume; the ladder may grow.
+    skip = {"out", "device", "stages", "eval_threshold", "seeds"}
+    settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip | {"seed"}},
+                    seed=seed)
+    t_start = time.time()
+    train_rows, test_rows = load_task(task)  # before Run: bad data leaves no run directory
+    check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
+    run = Run(out, settings, dev)
+    B0 = stages[0]
+    # --- supervised stages: the AR-initialised small-block MDM
+    if not run.have("ar"):
+        model, meta = run_ar(cfg, task, train_rows, test_rows, a.ar_steps, a.ar_lr, a.batch_size,
+                             dev, seed, log_every=100)
+        run.save("ar", model, meta)
+    sft0 = f"sft{B0}"
+    if not run.have(sft0):
+        model, _ = run.load("ar")
+        model, meta = run_sft(model, task, train_rows, test_rows, B0, a.sft_steps, a.sft_lr,
+                              a.batch_size, seed, not a.no_block_offsets, log_every=100)
+        run.save(sft0, model, dict(meta, method="sft"))
+    # --- T*: TraceRL at each block size from the previous stage
+    parent, prev_B, steps_used = sft0, B0, {}
+    for i, B in enumerate(stages):
+        cap = a.first_stage_steps if i == 0 else a.stage_steps
+        meta = rl_stage(run, f"tstar{B}", parent, B, prev_B, cap, train_rows, a, seed + 100 * i)
+        steps_used[B] = len(meta["rl_history"])
+        parent, prev_B = f"tstar{B}", B
+    # --- direct: the last block size straight from the SFT model, T*'s total RL steps
+    Bl = stages[-1]
+    if len(stages) > 1:
+        rl_stage(run, f"direct{Bl}", sft0, Bl, Bl, sum(steps_used.values()), train_rows, a, seed + 1000)
+    # --- no-RL: the same ladder with supervised updates instead of RL
+    parent = sft0
+    for B in stages[1:]:
+        name = f"norl{B}"
+        if not run.have(name):
+            model, meta = run.load(parent)
+            model, meta = run_sft(model, task, train_rows, test_rows, B, steps_used[B], a.sft_lr,
+                                  a.batch_size, seed, not a.no_block_offsets, log_every=100,
+                                  name=name)
+            run.save(name, model, dict(meta, method="norl", parent=parent))
+        parent = name
+    # --- evaluation
+    names = [sft0] + [f"tstar{B}" for B in stages] + \
+            ([f"direct{Bl}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
+    results = evaluate_all(run, names, stages, test_rows, a, seed)
+    if dist.is_main():
+        report(run, names, stages, results, time.time() - t_start, a, seed)
+    return results
+
+
+def evaluate_all(run, names, stages, test_rows, a, seed):
     """Every checkpoint at every block size, both rules; cached in eval.json by file mtime
     so a resumed run only evaluates what changed. Under torchrun each checkpoint's
     evaluations are dealt out across ranks and gathered (tokens/s then shares the machine)."""
@@ -246,7 +276,7 @@ def evaluate_all(run, names, stages, test_rows, a):
                 if key(B, rule) not in cache or cache[key(B, rule)]["stamp"] != stamp]
         new = {}
         for B, rule in todo[dist.rank()::dist.world()]:
-            r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=a.seed)
+            r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=seed)
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
             row.update(schedule_stats(r["out"]["step"], B))
             row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
@@ -265,13 +295,57 @@ def evaluate_all(run, names, stages, test_rows, a):
     return rows
 
 
-def report(run, names, stages, results, seconds, a):
+def aggregate(out, seeds, stages):
+    """The table over seeds: every (checkpoint, decode B, rule) cell of the seed folders'
+    results.json as mean and min-max of accuracy and TPF. Writes OUT/aggregate.json (one
+    row per cell, with the per-seed values) and OUT/aggregate.md, and prints the table."""
+    per_seed = []
+    for s in seeds:
+        with open(os.path.join(out, f"seed{s}", "results.json")) as f:
+            per_seed.append({(r["method"], r["decode_block"], r["rule"]): r for r in json.load(f)})
+    rows = []
+    for key, first in per_seed[0].items():
+        acc = [p[key]["accuracy"] for p in per_seed]
+        tpf = [p[key]["tpf"] for p in per_seed]
+        rows.append(dict(method=key[0], trained_block=first.get("trained_block"), decode_block=key[1],
+                         rule=key[2], threshold=first.get("threshold"), seeds=seeds,
+                         accuracy=sum(acc) / len(acc), accuracy_min=min(acc), accuracy_max=max(acc),
+                         accuracy_per_seed=acc, tpf=sum(tpf) / len(tpf), tpf_per_seed=tpf))
+    with open(os.path.join(out, "aggregate.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    get = {(r["method"], r["decode_block"], r["rule"]): r for r in rows}
+    cell = lambda r: (f"{100 * r['accuracy']:.1f} ({100 * r['accuracy_min']:.1f}-{100 * r['accuracy_max']:.1f})"
+                      f" / {r['tpf']:.2f}")
+    lines = [f"# T* results over seeds {','.join(map(str, seeds))}: --stages {','.join(map(str, stages))}", "",
+             f"Cells: mean accuracy % (min-max over the {len(seeds)} training seeds) / mean tokens per "
+             f"forward; greedy, {first['n']} test problems. Per-seed tables: seed*/results.md.", "",
+             "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
+             "|---|" + "---|---|" * len(stages)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(cell(get[(n, B, rule)]) for B in stages
+                                               for rule in ("dynamic", "static")) + " |")
+    if len(stages) > 1:  # the comparison the run exists for, seed by seed
+        B0, Bl = stages[0], stages[-1]
+        acc = lambda m, B: get[(m, B, "dynamic")]["accuracy_per_seed"]
+        gap = [100 * (t - d) for t, d in zip(acc(f"tstar{Bl}", Bl), acc(f"direct{Bl}", Bl))]
+        keep = [t / b if b else 0.0 for t, b in zip(acc(f"tstar{Bl}", Bl), acc(f"tstar{B0}", B0))]
+        lines += ["", f"T*@{Bl} minus direct@{Bl} at B={Bl} dynamic, per seed: "
+                      + ", ".join(f"{g:+.1f}" for g in gap) + " points; T*@" + f"{Bl} keeps "
+                      + ", ".join(f"{100 * k:.0f}" for k in keep) + f" % of the B={B0} model's accuracy."]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "aggregate.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+
+
+def report(run, names, stages, results, seconds, a, seed):
     get = {(r["method"], r["decode_block"], r["rule"]): r for r in results}
     lines = [f"# T* results: --stages {','.join(map(str, stages))}",
              "",
              f"Greedy decoding of {results[0]['n']} test problems; dynamic θ = {a.eval_threshold}, "
              f"static = one token per step. Cells: accuracy % / tokens per forward. "
-             f"Device {results[0]['device']}, seed {a.seed}, wall time {seconds / 60:.1f} min.",
+             f"Device {results[0]['device']}, seed {seed}, wall time {seconds / 60:.1f} min.",
              "",
              "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
              "|---|" + "---|---|" * len(stages)]

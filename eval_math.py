@@ -54,8 +54,9 @@ def is_correct(response: str, gold_answer: str, finished: bool = True) -> bool:
 
 @torch.no_grad()
 def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
-             steps: int = None, batch_size: int = 512, seed: int = 0, schedule=None):
-    """Greedy decoding of `rows` at `block_size` (0 = AR). Returns a dict with accuracy,
+             steps: int = None, batch_size: int = 512, seed: int = 0, schedule=None, distance: int = 0):
+    """Greedy decoding of `rows` at `block_size` (0 = AR), commits limited to `distance` of
+    the block's leftmost mask (0 = anywhere; sample.near_frontier). Returns a dict with accuracy,
     tpf, tokens/s and the raw decode outputs (for the schedule analysis)."""
     model.eval()
     dev = next(model.parameters()).device
@@ -66,7 +67,8 @@ def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: flo
         if block_size == 0:
             outs.append(generate_ar(model, p))
         else:
-            outs.append(generate(model, p, block_size, rule, threshold, steps, schedule=schedule))
+            outs.append(generate(model, p, block_size, rule, threshold, steps, schedule=schedule,
+                                 distance=distance))
     if dev.type == "cuda":
         torch.cuda.synchronize()
     secs = time.time() - t0
@@ -75,7 +77,7 @@ def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: flo
     correct = [is_correct(t, r["answer"], bool(f)) for t, r, f in zip(texts, rows, out["finished"])]
     n_tok = out["n_gen"].sum().item()
     return dict(block_size=block_size, rule="ar" if block_size == 0 else rule,
-                threshold=threshold if rule == "dynamic" else None,
+                threshold=threshold if rule == "dynamic" else None, distance=distance,
                 accuracy=sum(correct) / len(rows), tpf=n_tok / out["nfe"].sum().item(),
                 tokens_per_s=n_tok / secs, seconds=secs, n=len(rows), device=dev.type, seed=seed,
                 texts=texts, correct=correct, out=out)
@@ -88,6 +90,8 @@ def main():
     ap.add_argument("--rule", default="dynamic", choices=RULES, help="commit rule")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule confidence threshold")
     ap.add_argument("--steps", type=int, default=None, help="steps per block for static/ltr (default: block size)")
+    ap.add_argument("--commit-distance", type=int, default=0,
+                    help="commit only masks fewer than D places right of the block's leftmost mask (0 = anywhere)")
     ap.add_argument("--test-jsonl", default=None, help="GSM8K-style test file (default: the generated test split)")
     ap.add_argument("--n", type=int, default=None, help="evaluate only the first N problems")
     ap.add_argument("--schedule", action="store_true", help="also print the Ŝ schedule analysis")
@@ -103,7 +107,7 @@ def main():
         rows = read_jsonl(a.test_jsonl) if a.test_jsonl else load_task(meta["task"])[1]
         rows = rows[:a.n] if a.n else rows
         check_fit(rows, model.cfg.prompt_len, model.cfg.answer_len, "test data", fixed=True)
-        r = evaluate(model, rows, a.block_size, a.rule, a.threshold, a.steps)
+        r = evaluate(model, rows, a.block_size, a.rule, a.threshold, a.steps, distance=a.commit_distance)
     except (CheckpointError, DataError) as e:
         sys.exit(f"error: {e}")
     row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from data.tokenizer import EOS_ID, MASK_ID
-from model import KVCache, attention_mask
-from sample import RULES, _commit, _rule_args, outputs
+from model import KVCache, attention_mask, hide_far_masks
+from sample import RULES, _commit, _rule_args, near_frontier, outputs
 
 @functools.lru_cache(maxsize=64)
 def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
@@ -32,7 +32,8 @@ def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
     pending tokens (the prompt for block 0, else the previous block, now clean), and
     later is every later step (the block alone). Each is (cache slots the pending tokens
     go to, pos [T], mask [T, S + T]): the first S mask columns are the cache slots, the
-    last T the step's own tokens, pending then block."""
+    last T the step's own tokens, pending then block. (The mask window, which depends on
+    which tokens are still masked, is applied per step in `_cached_forward`.)"""
     slot = torch.arange(S, device=device)
     out = []
     for b, start in enumerate(range(0, A, block_size)):
@@ -56,6 +57,10 @@ def _cached_forward(model, idx, pos, mask, cache_k, cache_v):
     Returns logits [N, T, V] and the new keys/values [n_layer, N, H, T, hd]. It writes
     nothing (the caller copies the pending part into the cache): a compiled function
     that mutates no input is the simple case for CUDA graphs."""
+    N, S = idx.shape[0], cache_k.shape[3]
+    k_pos = torch.cat([torch.arange(S, device=idx.device), pos])  # cache slot s holds position s
+    k_tok = torch.cat([torch.zeros(N, S, dtype=idx.dtype, device=idx.device), idx], 1)
+    mask = hide_far_masks(mask, pos, k_pos, k_tok, model.cfg.mask_window)
     x = model.wte(idx) + model.wpe(pos)
     ks, vs = [], []
     for i, blk in enumerate(model.blocks):
@@ -66,7 +71,7 @@ def _cached_forward(model, idx, pos, mask, cache_k, cache_v):
 
 
 def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nfe, done, q,
-                  threshold, k: int, by_index: bool, temperature: float):
+                  threshold, k: int, by_index: bool, temperature: float, distance: int = 0):
     """One step of `generate`'s inner loop for the whole fixed batch, as a pure function of
     tensors, so torch.compile traces forward + sampling + commit rule as one graph.
     pending [N, Tp] (Tp = 0 after a block's first step); blk/stp/lpb [N, Tb] are the
@@ -88,7 +93,7 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nf
         lp_all = F.log_softmax(logits, dim=-1)
         tok = lp_all.argmax(-1)
     lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
-    commit = _commit(lp.exp(), masked, need, threshold, k, by_index)
+    commit = _commit(lp.exp(), near_frontier(masked, distance), need, threshold, k, by_index)
     blk = torch.where(commit, tok, blk)
     stp = torch.where(commit, nfe[:, None], stp)
     lpb = torch.where(commit, lp, lpb)
@@ -131,7 +136,7 @@ def compiled_step(device_type: str):
 @torch.no_grad()
 def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
                   steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
-                  compile: bool = True, stats: dict = None):
+                  compile: bool = True, stats: dict = None, distance: int = 0):
     """`generate` with static shapes, for speed: same arguments, same output dict (equal
     tokens, steps, n_gen, nfe, finished; log-probs to fp tolerance) for the same seed.
 
@@ -193,7 +198,7 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
                 torch.compiler.cudagraph_mark_step_begin()
             blk, stp, lpb, nfe, done, more, k_new, v_new = step_fn(
                 model, pending, blk, pos, mask, cache.k, cache.v, stp, lpb, nfe, done, q,
-                thr, k, by_index, temperature)
+                thr, k, by_index, temperature, distance)
             n_fwd += 1
             if i == 0:  # the pending tokens are clean: their keys/values go to the cache
                 cache.k[:, :, :, slots], cache.v[:, :, :, slots] = k_new, v_new

@@ -41,6 +41,12 @@ class GPTConfig:
     max_seq_len: int = 48      # prompt area + answer area
     prompt_len: int = 16       # fixed, left-padded prompt area
     dropout: float = 0.0
+    # Our addition (docs/design.md, "mask window"): a noisy query sees a <|mask|> key only
+    # within this many positions of itself; committed tokens stay visible at any distance.
+    # 3 = B-1 for the B=4 base, so the base is trained exactly as without it; at B=16 it
+    # keeps a query from attending to up to 15 masks, which it never saw in B=4 training.
+    # Negative: no window (SDAR's fully bidirectional noisy block).
+    mask_window: int = 3
 
     @property
     def answer_len(self) -> int:
@@ -62,6 +68,21 @@ def attention_mask(q_bid, q_noisy, q_pos, k_bid, k_noisy, k_pos):
     clean = ~qn & ~kn & (qb >= 0) & (kb <= qb)
     noisy = qn & ((~kn & (kb < qb)) | (kn & (kb == qb)))
     return prompt | clean | noisy
+
+
+def hide_far_masks(mask, q_pos, k_pos, k_tokens, window: int):
+    """The mask window: mask [Tq, Tk] (shared by the batch) -> [N, 1, Tq, Tk], with key j
+    hidden from query i wherever token j is <|mask|> and |pos_i - pos_j| > window.
+
+    Only the noisy block ever holds <|mask|> tokens, and only queries of that same block
+    can see it (attention_mask), so this one rule, keyed on the tokens alone, reads the
+    same in the training layout, the cached sampler and TraceRL's rows: a row's mask
+    follows its own masked set, which is what keeps pi_old equal to the recomputation.
+    A query always keeps itself (distance 0) and the prompt, so no row is all False."""
+    if window < 0:
+        return mask
+    far = (q_pos[:, None] - k_pos[None, :]).abs() > window               # [Tq, Tk]
+    return (mask & ~(far[None] & (k_tokens == MASK_ID)[:, None, :]))[:, None]
 
 
 def answer_block_ids(answer_len: int, block_size: int, shift: int = 0, device=None):
@@ -191,6 +212,8 @@ class GPT(nn.Module):
             pos = torch.arange(T, device=idx.device)
         if mask is None:
             mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        else:  # a diffusion layout: apply the mask window (a no-op when no mask is far)
+            mask = hide_far_masks(mask, pos, pos, idx, self.cfg.mask_window)
         x = self.wte(idx) + self.wpe(pos)
         for blk in self.blocks:
             x, _, _ = blk(x, mask)
@@ -225,6 +248,9 @@ class GPT(nn.Module):
         if pending_bid >= 0 and block is None:
             # AR decoding: each generated token is its own block of one, i.e. causal.
             mask = k_pos[None, :] <= pos[:, None]
+        if block is not None:  # the cache and pending tokens are clean: only the block has masks
+            k_tok = torch.cat([torch.zeros(x_idx.shape[0], L, dtype=torch.long, device=dev), x_idx], 1)
+            mask = hide_far_masks(mask, pos, k_pos, k_tok, self.cfg.mask_window)
         x = self.wte(x_idx) + self.wpe(pos)
         for i, blk in enumerate(self.blocks):
             x, k, v = blk(x, mask, cache.k[i, :, :, :L], cache.v[i, :, :, :L])
@@ -282,11 +308,14 @@ def add_model_args(ap):
     ap.add_argument("--n-embd", type=int, default=d.n_embd, help="model width")
     ap.add_argument("--max-seq-len", type=int, default=d.max_seq_len, help="prompt area + answer area, in tokens")
     ap.add_argument("--prompt-len", type=int, default=d.prompt_len, help="prompt area in tokens (left-padded)")
+    ap.add_argument("--mask-window", type=int, default=d.mask_window,
+                    help="a noisy query sees <|mask|> keys only within this distance (ours; keep it at "
+                         "the first block size - 1 so the base is unchanged; -1 = off)")
 
 
 def config_from_args(a) -> GPTConfig:
     return GPTConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, max_seq_len=a.max_seq_len,
-                     prompt_len=a.prompt_len)
+                     prompt_len=a.prompt_len, mask_window=a.mask_window)
 
 
 def pick_device(name: str = "auto") -> str:

@@ -108,7 +108,7 @@ def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int):
 # ----------------------------------------------------------------------------- one RL step
 
 @torch.no_grad()
-def rollout(model, rows, n_prompts, k, block_size, threshold, gen, sample_gen=None):
+def rollout(model, rows, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0):
     """Pick P prompts with the shared `gen` (every rank picks the same ones), sample K
     responses for this rank's share with `sample_gen` (default: gen), grade them.
     DDP: the P prompts are split across ranks, prompt p on rank p % world, each with all
@@ -121,7 +121,7 @@ def rollout(model, rows, n_prompts, k, block_size, threshold, gen, sample_gen=No
     prompts = prompts.repeat_interleave(k, 0).to(dev)
     model.eval()
     out = generate(model, prompts, block_size, "dynamic", threshold, temperature=1.0,
-                   generator=sample_gen or gen)
+                   generator=sample_gen or gen, distance=distance)
     texts = [decode(t) for t in out["tokens"]]
     reward = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
                            for i, (t, f) in enumerate(zip(texts, out["finished"]))])
@@ -132,7 +132,8 @@ def rl_step(model, opt, rows, a, gen, critic=None):
     """rollouts -> rewards -> advantages -> rows -> update. Returns a log dict."""
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
-    ro = rollout(model, rows, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own)
+    ro = rollout(model, rows, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
+                 a.commit_distance)
     log = rl_update(model, opt, ro, a, own, critic)
     log["secs"] = time.time() - t0
     return log
@@ -274,6 +275,9 @@ def add_rl_args(ap):
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
     ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (1e-4 lost 7 points at B=4, docs/experiments.md)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
+    ap.add_argument("--commit-distance", type=int, default=0,
+                    help="rollouts commit only masks fewer than D places right of the block's leftmost "
+                         "mask (0 = anywhere; sample.near_frontier)")
     ap.add_argument("--shrink", type=int, default=1, help="merge every s neighbouring trace steps")
     ap.add_argument("--updates", type=int, default=1, help="optimiser steps per RL step (rows split)")
     ap.add_argument("--micro-batch", type=int, default=256, help="rows per forward (grad accumulation)")

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 import dist
 from data.tokenizer import MASK_ID
-from model import GPT, training_layout
+from model import GPT, hide_far_masks, training_layout
 
 
 class ValueModel(nn.Module):
@@ -45,6 +45,7 @@ class ValueModel(nn.Module):
         """Values [N, T] in fp32 or wider (the body's embeddings, blocks and final norm; its
         LM head is not used)."""
         b = self.body
+        mask = hide_far_masks(mask, pos, pos, idx, b.cfg.mask_window)  # as the policy's forward
         x = b.wte(idx) + b.wpe(pos)
         for blk in b.blocks:
             x, _, _ = blk(x, mask)

@@ -148,3 +148,40 @@ def test_gpu_preset_starts_on_cpu(tmp_path):
     assert settings["preset"] == "gpu" and settings["model"]["n_embd"] == 32
     assert settings["n_prompts"] == 4 and settings["sft_steps"] == 20
     assert (out / "tstar4.pt").exists() and (out / "results.md").exists()
+
+
+# ----------------------------------------------------------------------------- seeds
+
+def test_seeds_run_one_ladder_per_seed_and_aggregate(tmp_path):
+    out = tmp_path / "seeds"
+    p = curriculum(*TINY, "--seeds", "0,1", "--out", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    per_seed = {}
+    for s in (0, 1):
+        rows, n_rows = _rows(str(out / f"seed{s}"))  # each seed folder keeps today's results.json
+        assert n_rows == 20
+        per_seed[s] = rows
+        settings = json.loads((out / f"seed{s}" / "settings.json").read_text())
+        assert settings["seed"] == s and "seeds" not in settings
+    # different training seeds train different models
+    assert any(per_seed[0][k]["accuracy"] != per_seed[1][k]["accuracy"] or
+               per_seed[0][k]["tpf"] != per_seed[1][k]["tpf"] for k in per_seed[0])
+    agg = json.loads((out / "aggregate.json").read_text())
+    assert len(agg) == 20
+    for r in agg:
+        k = (r["method"], r["decode_block"], r["rule"])
+        accs = [per_seed[s][k]["accuracy"] for s in (0, 1)]
+        assert r["accuracy_per_seed"] == accs and r["seeds"] == [0, 1]
+        assert r["accuracy"] == pytest.approx(sum(accs) / 2)
+        assert (r["accuracy_min"], r["accuracy_max"]) == (min(accs), max(accs))
+        assert r["tpf"] == pytest.approx((per_seed[0][k]["tpf"] + per_seed[1][k]["tpf"]) / 2)
+    md = (out / "aggregate.md").read_text()
+    assert "over seeds 0,1" in md and "| tstar8 | " in md and "per seed" in md
+    assert "# T* results over seeds 0,1" in p.stdout
+
+
+def test_bad_seeds_fail_in_one_line(tmp_path):
+    for seeds in ("0,x", "1,1", ","):
+        line = one_error_line(curriculum("--seeds", seeds, "--out", str(tmp_path / "s")))
+        assert "--seeds" in line
+    assert not (tmp_path / "s").exists()

@@ -109,3 +109,12 @@ def test_fast_path_equals_generate_cuda(tiny32, prompts, rule, threshold, temper
     p = prompts.cuda()
     for block_size in (4, 8, 16):
         _assert_same(*_run_both(model, p, block_size, rule, threshold, temperature, steps, compile))
+
+
+@pytest.mark.parametrize("distance", [2, 6])
+def test_eager_fast_path_equals_generate_with_commit_distance(tiny32, prompts, distance):
+    """The commit distance (and the mask window, on by default) reads the same in both samplers."""
+    g = lambda: torch.Generator().manual_seed(1)
+    ref = generate(tiny32, prompts, 16, "dynamic", 0.3, None, 1.0, g(), distance=distance)
+    out = generate_fast(tiny32, prompts, 16, "dynamic", 0.3, None, 1.0, g(), compile=False, distance=distance)
+    _assert_same(ref, out)

@@ -92,6 +92,8 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="steps per block for static/ltr (default: block size)")
     ap.add_argument("--commit-distance", type=int, default=0,
                     help="commit only masks fewer than D places right of the block's leftmost mask (0 = anywhere)")
+    ap.add_argument("--mask-window", type=int, default=None,
+                    help="decode with this mask window instead of the checkpoint's (-1 = none; a diagnostic)")
     ap.add_argument("--test-jsonl", default=None, help="GSM8K-style test file (default: the generated test split)")
     ap.add_argument("--n", type=int, default=None, help="evaluate only the first N problems")
     ap.add_argument("--schedule", action="store_true", help="also print the Ŝ schedule analysis")
@@ -101,6 +103,8 @@ def main():
     try:
         dev = pick_device(a.device)
         model, meta = load_checkpoint(a.ckpt, dev)
+        if a.mask_window is not None:  # the attention rule is read from cfg at every forward
+            model.cfg.mask_window = a.mask_window
         # the split the checkpoint was trained against (generated or the user's JSONL)
         if not a.test_jsonl and not meta.get("task"):
             raise DataError(f"{a.ckpt} does not record its task; give --test-jsonl")
@@ -114,7 +118,8 @@ def main():
     if a.json:
         print(json.dumps(row))
     else:
-        print(f"{a.ckpt}  B={a.block_size} rule={row['rule']}  acc {100 * row['accuracy']:.1f}%  "
+        print(f"{a.ckpt}  B={a.block_size} rule={row['rule']} D={a.commit_distance} "
+              f"W={model.cfg.mask_window}  acc {100 * row['accuracy']:.1f}%  "
               f"TPF {row['tpf']:.2f}  {row['tokens_per_s']:.0f} tok/s  ({row['n']} problems, "
               f"{row['device']}, seed {row['seed']}, {row['seconds']:.1f}s)")
     if a.schedule and a.block_size > 0:

@@ -132,11 +132,24 @@ def rl_step(model, opt, rows, a, gen, critic=None):
     """rollouts -> rewards -> advantages -> rows -> update. Returns a log dict."""
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
-    ro = rollout(model, rows, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
-                 a.commit_distance)
+    draw = lambda: rollout(model, rows, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
+                           a.commit_distance)
+    ro, draws = draw(), 1
+    # Dynamic sampling (DAPO's): a group whose K samples all agree has no advantage, and with
+    # bimodal per-prompt accuracy most groups do, so a step may learn from ~5 prompts. Draw
+    # P more prompts until --min-groups groups carry signal (at most --max-draws draws). The
+    # count is global, so every rank draws as often as the others.
+    while draws < a.max_draws and a.min_groups and \
+            dist.all_reduce_sum(float(group_advantages(ro["reward"], a.acc_band)[1].sum())) < a.min_groups:
+        ro, draws = merge_rollouts(ro, draw()), draws + 1
     log = rl_update(model, opt, ro, a, own, critic)
-    log["secs"] = time.time() - t0
+    log.update(secs=time.time() - t0, prompts=draws * a.n_prompts)
     return log
+
+
+def merge_rollouts(a: dict, b: dict) -> dict:
+    """Two rollout dicts as one: every tensor (and the texts) concatenated along the batch."""
+    return {k: a[k] + b[k] if isinstance(a[k], list) else torch.cat([a[k], b[k]]) for k in a}
 
 
 def rl_update(model, opt, ro, a, gen, critic=None):
@@ -258,7 +271,7 @@ def run_tracerl(model, rows, a, name="rl", seed=0):
         hist.append(log)
         vloss = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
         print(f"{name} step {step + 1:3d}/{a.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
-              f"{a.n_prompts} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
+              f"{log['prompts']} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
               f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | "
               f"{log['secs']:.1f}s", flush=True)
         recent = [h["reward"] for h in hist[-5:]]  # global rewards: every rank stops together
@@ -278,6 +291,10 @@ def add_rl_args(ap):
     ap.add_argument("--commit-distance", type=int, default=0,
                     help="rollouts commit only masks fewer than D places right of the block's leftmost "
                          "mask (0 = anywhere; sample.near_frontier)")
+    ap.add_argument("--min-groups", type=int, default=0,
+                    help="dynamic sampling: draw --n-prompts more prompts until this many groups have "
+                         "reward variance (0 = one draw per step)")
+    ap.add_argument("--max-draws", type=int, default=4, help="at most this many draws per RL step (--min-groups)")
     ap.add_argument("--shrink", type=int, default=1, help="merge every s neighbouring trace steps")
     ap.add_argument("--updates", type=int, default=1, help="optimiser steps per RL step (rows split)")
     ap.add_argument("--micro-batch", type=int, default=256, help="rows per forward (grad accumulation)")

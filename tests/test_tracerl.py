@@ -240,6 +240,30 @@ def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_
     assert all(torch.equal(p, q) for p, q in zip(before, m.parameters()))
 
 
+def test_dynamic_sampling_draws_until_enough_groups_have_signal(monkeypatch, tiny_model, level1_rows):
+    """--min-groups: rl_step keeps drawing --n-prompts prompts until that many groups have
+    reward variance (capped by --max-draws), and the update uses every drawn response."""
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    calls = []
+    real = tracerl.rollout
+    monkeypatch.setattr(tracerl, "rollout", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    for min_groups, max_draws in ((0, 4), (10 ** 6, 3)):
+        calls.clear()
+        m = copy.deepcopy(tiny_model)
+        a = rl_args(n_prompts=2, k=4, min_groups=min_groups, max_draws=max_draws)
+        log = rl_step(m, torch.optim.AdamW(m.parameters(), lr=1e-3), level1_rows, a,
+                      torch.Generator().manual_seed(0))
+        draws = 1 if min_groups == 0 else max_draws  # an unreachable target stops at the cap
+        assert len(calls) == draws and log["prompts"] == 2 * draws
+        assert log["clip"] == 0.0 and abs(log["kl"]) < 1e-9  # merged rollouts stay on-policy
+    # a reachable target stops as soon as it is met
+    calls.clear()
+    m = copy.deepcopy(tiny_model)
+    log = rl_step(m, torch.optim.AdamW(m.parameters(), lr=1e-3), level1_rows,
+                  rl_args(n_prompts=2, k=4, min_groups=1, max_draws=50), torch.Generator().manual_seed(0))
+    assert log["kept"] >= 1 and len(calls) == log["prompts"] // 2 < 50
+
+
 # ----------------------------------------------------------------------------- learning
 
 @contextlib.contextmanager

@@ -115,7 +115,16 @@ class Run:
         dist.barrier()
 
 
-def rl_stage(run, name, parent, block_size, rollout_block_size, steps, rows, a, seed):
+def reach(a, stages, B):
+    """The commit distance used at block size B, for rollouts and evaluation alike: with
+    --reach-previous, a stage after the first commits only within the previous stage's block
+    size of the frontier (the distance the model already handles); else --commit-distance."""
+    if a.reach_previous and B in stages[1:]:
+        return stages[stages.index(B) - 1]
+    return a.commit_distance
+
+
+def rl_stage(run, name, parent, block_size, rollout_block_size, steps, rows, a, seed, stages):
     """TraceRL at block_size from checkpoint `parent`, saved as `name` (skipped if present)."""
     if run.have(name):
         return run.load(name)[1]
@@ -127,9 +136,10 @@ def rl_stage(run, name, parent, block_size, rollout_block_size, steps, rows, a, 
         # The TraceRL authors' block-enlargement warm-up: train with the new block mask
         # on rollouts still decoded at the old block size.
         ra.rollout_block_size, ra.steps, ra.target_reward = rollout_block_size, a.warmup_steps, 0.0
+        ra.commit_distance = reach(a, stages, rollout_block_size)
         hist += run_tracerl(model, rows, ra, name=f"{name}-warmup", seed=seed)
         ra.steps, ra.target_reward = steps - len(hist), a.target_reward
-    ra.rollout_block_size = block_size
+    ra.rollout_block_size, ra.commit_distance = block_size, reach(a, stages, block_size)
     t0 = time.time()
     hist += run_tracerl(model, rows, ra, name=name, seed=seed + 1)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
@@ -154,6 +164,9 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=0,
                     help="RL steps per stage with rollouts at the previous block size")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
+    ap.add_argument("--reach-previous", action="store_true",
+                    help="at every stage after the first, rollouts and evaluation at block B commit only "
+                         "within the previous stage's block size of the frontier (overrides --commit-distance there)")
     add_model_args(ap)
     ap.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
     ap.add_argument("--seed", type=int, default=0, help="training and rollout seed (one run, into --out)")
@@ -233,13 +246,14 @@ def run_ladder(a, cfg, stages, dev, out, seed):
     parent, prev_B, steps_used = sft0, B0, {}
     for i, B in enumerate(stages):
         cap = a.first_stage_steps if i == 0 else a.stage_steps
-        meta = rl_stage(run, f"tstar{B}", parent, B, prev_B, cap, train_rows, a, seed + 100 * i)
+        meta = rl_stage(run, f"tstar{B}", parent, B, prev_B, cap, train_rows, a, seed + 100 * i, stages)
         steps_used[B] = len(meta["rl_history"])
         parent, prev_B = f"tstar{B}", B
     # --- direct: the last block size straight from the SFT model, T*'s total RL steps
     Bl = stages[-1]
     if len(stages) > 1:
-        rl_stage(run, f"direct{Bl}", sft0, Bl, Bl, sum(steps_used.values()), train_rows, a, seed + 1000)
+        rl_stage(run, f"direct{Bl}", sft0, Bl, Bl, sum(steps_used.values()), train_rows, a, seed + 1000,
+                 stages)
     # --- no-RL: the same ladder with supervised updates instead of RL
     parent = sft0
     for B in stages[1:]:
@@ -270,13 +284,14 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
     for name in names:
         model, meta = run.load(name)
         stamp = os.path.getmtime(run.path(name))
-        key = lambda B, rule: f"{name}|{B}|{rule}|{a.eval_threshold}"
+        key = lambda B, rule: f"{name}|{B}|{rule}|{a.eval_threshold}|{reach(a, stages, B)}"
         jobs = [(B, rule) for B in stages for rule in ("dynamic", "static")]
         todo = [(B, rule) for B, rule in jobs
                 if key(B, rule) not in cache or cache[key(B, rule)]["stamp"] != stamp]
         new = {}
         for B, rule in todo[dist.rank()::dist.world()]:
-            r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=seed)
+            r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=seed,
+                         distance=reach(a, stages, B))
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
             row.update(schedule_stats(r["out"]["step"], B))
             row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
@@ -345,7 +360,9 @@ def report(run, names, stages, results, seconds, a, seed):
              "",
              f"Greedy decoding of {results[0]['n']} test problems; dynamic θ = {a.eval_threshold}, "
              f"static = one token per step. Cells: accuracy % / tokens per forward. "
-             f"Device {results[0]['device']}, seed {seed}, wall time {seconds / 60:.1f} min.",
+             f"Device {results[0]['device']}, seed {seed}, wall time {seconds / 60:.1f} min. "
+             f"Commit distance per B (0 = anywhere in the block): "
+             + ", ".join(f"B={B}: {reach(a, stages, B)}" for B in stages) + ".",
              "",
              "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
              "|---|" + "---|---|" * len(stages)]

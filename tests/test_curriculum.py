@@ -185,3 +185,20 @@ def test_bad_seeds_fail_in_one_line(tmp_path):
         line = one_error_line(curriculum("--seeds", seeds, "--out", str(tmp_path / "s")))
         assert "--seeds" in line
     assert not (tmp_path / "s").exists()
+
+
+def test_reach_previous_limits_rollouts_and_evaluation(tmp_path):
+    """--reach-previous: at B=8 the rollouts and the evaluation commit within 4 of the frontier."""
+    from curriculum import reach
+    import argparse
+    a = argparse.Namespace(reach_previous=True, commit_distance=0)
+    assert [reach(a, [4, 8, 16], B) for B in (4, 8, 16)] == [0, 4, 8]
+    a.reach_previous = False
+    assert [reach(a, [4, 8, 16], B) for B in (4, 8, 16)] == [0, 0, 0]
+    out = tmp_path / "reach"
+    p = curriculum(*TINY, "--reach-previous", "--out", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows, _ = _rows(str(out))
+    assert {r["distance"] for k, r in rows.items() if k[1] == 8} == {4}
+    assert {r["distance"] for k, r in rows.items() if k[1] == 4} == {0}
+    assert "B=8: 4" in (out / "results.md").read_text()

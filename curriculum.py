@@ -115,23 +115,24 @@ class Run:
         dist.barrier()
 
 
-def rl_stage(run, name, parent, block_size, rollout_block_size, steps, rows, a, seed):
-    """TraceRL at block_size from checkpoint `parent`, saved as `name` (skipped if present)."""
+def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a, seed):
+    """TraceRL at block_size from checkpoint `parent` (trained at prev_block_size), saved as
+    `name` (skipped if present)."""
     if run.have(name):
         return run.load(name)[1]
     model, meta = run.load(parent)
     ra = argparse.Namespace(**vars(a))
     ra.block_size, ra.steps = block_size, steps
     hist = []
-    if a.warmup_steps and rollout_block_size != block_size:
+    if a.warmup_steps and prev_block_size != block_size:
         # The TraceRL authors' block-enlargement warm-up: train with the new block mask
         # on rollouts still decoded at the old block size.
-        ra.rollout_block_size, ra.steps, ra.target_reward = rollout_block_size, a.warmup_steps, 0.0
-        hist += run_tracerl(model, rows, ra, name=f"{name}-warmup", seed=seed)
+        ra.rollout_block_size, ra.steps, ra.target_reward = prev_block_size, a.warmup_steps, 0.0
+        hist += run_tracerl(model, problems, ra, name=f"{name}-warmup", seed=seed)
         ra.steps, ra.target_reward = steps - len(hist), a.target_reward
     ra.rollout_block_size = block_size
     t0 = time.time()
-    hist += run_tracerl(model, rows, ra, name=name, seed=seed + 1)
+    hist += run_tracerl(model, problems, ra, name=name, seed=seed + 1)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
                 rl_history=hist, rl_seconds=time.time() - t0)
     run.save(name, model, meta)
@@ -266,7 +267,7 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
     evaluations are dealt out across ranks and gathered (tokens/s then shares the machine)."""
     cache_path = os.path.join(run.out, "eval.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
-    rows = []
+    results = []
     for name in names:
         model, meta = run.load(name)
         stamp = os.path.getmtime(run.path(name))
@@ -278,7 +279,7 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
         for B, rule in todo[dist.rank()::dist.world()]:
             r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=seed)
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
-            row.update(schedule_stats(r["out"]["step"], B))
+            row.update(schedule_stats(r["out"]["fwd"], B))
             row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
             new[key(B, rule)] = row
         for part in dist.gather_objects(new):
@@ -287,12 +288,12 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
             row = cache[key(B, rule)]
             print(f"eval {name:>9} @ B={B:<3} {rule:>7}: acc {100 * row['accuracy']:5.1f}%  "
                   f"TPF {row['tpf']:.2f}", flush=True)
-        rows += [cache[key(B, rule)] for B, rule in jobs]
+        results += [cache[key(B, rule)] for B, rule in jobs]
         if dist.is_main():
             with open(cache_path + ".tmp", "w") as f:
                 json.dump(cache, f)
             os.replace(cache_path + ".tmp", cache_path)
-    return rows
+    return results
 
 
 def aggregate(out, seeds, stages):
@@ -303,18 +304,18 @@ def aggregate(out, seeds, stages):
     for s in seeds:
         with open(os.path.join(out, f"seed{s}", "results.json")) as f:
             per_seed.append({(r["method"], r["decode_block"], r["rule"]): r for r in json.load(f)})
-    rows = []
+    cells = []
     for key, first in per_seed[0].items():
         acc = [p[key]["accuracy"] for p in per_seed]
         tpf = [p[key]["tpf"] for p in per_seed]
-        rows.append(dict(method=key[0], trained_block=first.get("trained_block"), decode_block=key[1],
+        cells.append(dict(method=key[0], trained_block=first.get("trained_block"), decode_block=key[1],
                          rule=key[2], threshold=first.get("threshold"), seeds=seeds,
                          accuracy=sum(acc) / len(acc), accuracy_min=min(acc), accuracy_max=max(acc),
                          accuracy_per_seed=acc, tpf=sum(tpf) / len(tpf), tpf_per_seed=tpf))
     with open(os.path.join(out, "aggregate.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    names = list(dict.fromkeys(r["method"] for r in rows))
-    get = {(r["method"], r["decode_block"], r["rule"]): r for r in rows}
+        json.dump(cells, f, indent=1)
+    names = list(dict.fromkeys(r["method"] for r in cells))
+    get = {(r["method"], r["decode_block"], r["rule"]): r for r in cells}
     cell = lambda r: (f"{100 * r['accuracy']:.1f} ({100 * r['accuracy_min']:.1f}-{100 * r['accuracy_max']:.1f})"
                       f" / {r['tpf']:.2f}")
     lines = [f"# T* results over seeds {','.join(map(str, seeds))}: --stages {','.join(map(str, stages))}", "",

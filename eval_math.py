@@ -53,16 +53,16 @@ def is_correct(response: str, gold_answer: str, finished: bool = True) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
+def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
              steps: int = None, batch_size: int = 512, seed: int = 0, schedule=None, distance: int = 0):
-    """Greedy decoding of `rows` at `block_size` (0 = AR), commits limited to `distance` of
+    """Greedy decoding of `problems` at `block_size` (0 = AR), commits limited to `distance` of
     the block's leftmost mask (0 = anywhere; sample.near_frontier). Returns a dict with accuracy,
     tpf, tokens/s and the raw decode outputs (for the schedule analysis)."""
     model.eval()
     dev = next(model.parameters()).device
-    prompts = encode_prompts([r["question"] for r in rows], model.cfg.prompt_len)
+    prompts = encode_prompts([p["question"] for p in problems], model.cfg.prompt_len)
     outs, t0 = [], time.time()
-    for i in range(0, len(rows), batch_size):
+    for i in range(0, len(problems), batch_size):
         p = prompts[i:i + batch_size].to(dev)
         if block_size == 0:
             outs.append(generate_ar(model, p))
@@ -74,12 +74,12 @@ def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: flo
     secs = time.time() - t0
     out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
     texts = [decode(t) for t in out["tokens"]]
-    correct = [is_correct(t, r["answer"], bool(f)) for t, r, f in zip(texts, rows, out["finished"])]
+    correct = [is_correct(t, r["answer"], bool(f)) for t, r, f in zip(texts, problems, out["finished"])]
     n_tok = out["n_gen"].sum().item()
     return dict(block_size=block_size, rule="ar" if block_size == 0 else rule,
                 threshold=threshold if rule == "dynamic" else None, distance=distance,
-                accuracy=sum(correct) / len(rows), tpf=n_tok / out["nfe"].sum().item(),
-                tokens_per_s=n_tok / secs, seconds=secs, n=len(rows), device=dev.type, seed=seed,
+                accuracy=sum(correct) / len(problems), tpf=n_tok / out["nfe"].sum().item(),
+                tokens_per_s=n_tok / secs, seconds=secs, n=len(problems), device=dev.type, seed=seed,
                 texts=texts, correct=correct, out=out)
 
 
@@ -118,10 +118,10 @@ def main():
               f"TPF {row['tpf']:.2f}  {row['tokens_per_s']:.0f} tok/s  ({row['n']} problems, "
               f"{row['device']}, seed {row['seed']}, {row['seconds']:.1f}s)")
     if a.schedule and a.block_size > 0:
-        st = schedule_stats(r["out"]["step"], a.block_size)
+        st = schedule_stats(r["out"]["fwd"], a.block_size)
         print(f"Ŝ: left-to-right {st['left_to_right']:.2f}  Kendall τ {st['kendall_tau']:.2f}  "
               f"tokens/step {st['tokens_per_step']:.2f}")
-        print(schedule_grid(r["out"]["step"], r["out"]["tokens"], a.block_size))
+        print(schedule_grid(r["out"]["fwd"], r["out"]["tokens"], a.block_size))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
     python curriculum.py --stages 4,8 --train-jsonl my/train.jsonl --test-jsonl my/test.jsonl \
         --prompt-len 64 --max-seq-len 160                # your own GSM8K-style data
 
-What runs, each step skipped when its checkpoint already exists (DESIGN §8):
+What runs, each step skipped when its checkpoint already exists and its parent is the one
+it was trained from (docs/design.md §8):
   data -> AR pre-train (ar.pt) -> block SFT at the first B (sft{B0}.pt) ->
   T*: TraceRL at every B in --stages, each from the previous stage (tstar{B}.pt) ->
   direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt) ->
@@ -26,6 +27,7 @@ report, and the others wait at a barrier after each save, so a resume sees the s
 files everywhere. Evaluation jobs (checkpoint x B x rule) are dealt out across ranks.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -97,18 +99,42 @@ class Run:
             os.replace(path + ".tmp", path)
         dist.barrier()
         self.cfg = GPTConfig(**settings["model"])
+        self._digests = {}
 
     def path(self, name):
         return os.path.join(self.out, name + ".pt")
 
-    def have(self, name):
-        return os.path.exists(self.path(name))
+    def have(self, name, parent=None):
+        """Is `name` there and still the child of `parent`'s current bytes? Each checkpoint
+        records its parent file's sha256 (`save`); a parent rebuilt since means the child
+        came from weights that no longer exist, so it is rebuilt too, and in turn its own
+        children. A checkpoint saved before parents were recorded is kept."""
+        if not os.path.exists(self.path(name)) or parent is None:
+            return os.path.exists(self.path(name))
+        with open(self.path(name) + ".json") as f:
+            recorded = json.load(f).get("parent_sha256")
+        if recorded in (None, self.digest(parent)):
+            return True
+        print(f"{name}: its parent {parent} has changed since it was trained; rebuilding", flush=True)
+        return False
+
+    def digest(self, name):
+        """sha256 of a checkpoint file's bytes (cached by size and mtime)."""
+        st = os.stat(self.path(name))
+        key = (name, st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            with open(self.path(name), "rb") as f:
+                self._digests[key] = hashlib.sha256(f.read()).hexdigest()
+        return self._digests[key]
 
     def load(self, name):
         return load_checkpoint(self.path(name), self.device, expect=self.cfg)
 
-    def save(self, name, model, meta):
-        """Rank 0 writes; every rank waits, so `have` agrees everywhere afterwards."""
+    def save(self, name, model, meta, parent=None):
+        """Rank 0 writes; every rank waits, so `have` agrees everywhere afterwards. With a
+        parent, its file's sha256 goes into the sidecar (see `have`)."""
+        if parent is not None:
+            meta = dict(meta, parent_sha256=self.digest(parent))
         if dist.is_main():
             save_checkpoint(self.path(name), model, meta)
             print(f"saved {self.path(name)}", flush=True)
@@ -117,8 +143,8 @@ class Run:
 
 def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a, seed):
     """TraceRL at block_size from checkpoint `parent` (trained at prev_block_size), saved as
-    `name` (skipped if present)."""
-    if run.have(name):
+    `name` (skipped if present and still `parent`'s child)."""
+    if run.have(name, parent):
         return run.load(name)[1]
     model, meta = run.load(parent)
     ra = argparse.Namespace(**vars(a))
@@ -135,7 +161,7 @@ def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a,
     hist += run_tracerl(model, problems, ra, name=name, seed=seed + 1)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
                 rl_history=hist, rl_seconds=time.time() - t0)
-    run.save(name, model, meta)
+    run.save(name, model, meta, parent)
     return meta
 
 
@@ -225,11 +251,11 @@ def run_ladder(a, cfg, stages, dev, out, seed):
                              dev, seed, log_every=100)
         run.save("ar", model, meta)
     sft0 = f"sft{B0}"
-    if not run.have(sft0):
+    if not run.have(sft0, "ar"):
         model, _ = run.load("ar")
         model, meta = run_sft(model, task, train_rows, test_rows, B0, a.sft_steps, a.sft_lr,
                               a.batch_size, seed, not a.no_block_offsets, log_every=100)
-        run.save(sft0, model, dict(meta, method="sft"))
+        run.save(sft0, model, dict(meta, method="sft"), "ar")
     # --- T*: TraceRL at each block size from the previous stage
     parent, prev_B, steps_used = sft0, B0, {}
     for i, B in enumerate(stages):
@@ -245,12 +271,12 @@ def run_ladder(a, cfg, stages, dev, out, seed):
     parent = sft0
     for B in stages[1:]:
         name = f"norl{B}"
-        if not run.have(name):
+        if not run.have(name, parent):
             model, meta = run.load(parent)
             model, meta = run_sft(model, task, train_rows, test_rows, B, steps_used[B], a.sft_lr,
                                   a.batch_size, seed, not a.no_block_offsets, log_every=100,
                                   name=name)
-            run.save(name, model, dict(meta, method="norl", parent=parent))
+            run.save(name, model, dict(meta, method="norl", parent=parent), parent)
         parent = name
     # --- evaluation
     names = [sft0] + [f"tstar{B}" for B in stages] + \

@@ -7,7 +7,8 @@
     python curriculum.py --stages 4,8 --train-jsonl my/train.jsonl --test-jsonl my/test.jsonl \
         --prompt-len 64 --max-seq-len 160                # your own GSM8K-style data
 
-What runs, each step skipped when its checkpoint already exists (DESIGN §8):
+What runs, each step skipped when its checkpoint already exists and its parent is the one
+it was trained from (docs/design.md §8):
   data -> AR pre-train (ar.pt) -> block SFT at the first B (sft{B0}.pt) ->
   T*: TraceRL at every B in --stages, each from the previous stage (tstar{B}.pt) ->
   direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt) ->
@@ -26,6 +27,7 @@ report, and the others wait at a barrier after each save, so a resume sees the s
 files everywhere. Evaluation jobs (checkpoint x B x rule) are dealt out across ranks.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -97,18 +99,42 @@ class Run:
             os.replace(path + ".tmp", path)
         dist.barrier()
         self.cfg = GPTConfig(**settings["model"])
+        self._digests = {}
 
     def path(self, name):
         return os.path.join(self.out, name + ".pt")
 
-    def have(self, name):
-        return os.path.exists(self.path(name))
+    def have(self, name, parent=None):
+        """Is `name` there and still the child of `parent`'s current bytes? Each checkpoint
+        records its parent file's sha256 (`save`); a parent rebuilt since means the child
+        came from weights that no longer exist, so it is rebuilt too, and in turn its own
+        children. A checkpoint saved before parents were recorded is kept."""
+        if not os.path.exists(self.path(name)) or parent is None:
+            return os.path.exists(self.path(name))
+        with open(self.path(name) + ".json") as f:
+            recorded = json.load(f).get("parent_sha256")
+        if recorded in (None, self.digest(parent)):
+            return True
+        print(f"{name}: its parent {parent} has changed since it was trained; rebuilding", flush=True)
+        return False
+
+    def digest(self, name):
+        """sha256 of a checkpoint file's bytes (cached by size and mtime)."""
+        st = os.stat(self.path(name))
+        key = (name, st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            with open(self.path(name), "rb") as f:
+                self._digests[key] = hashlib.sha256(f.read()).hexdigest()
+        return self._digests[key]
 
     def load(self, name):
         return load_checkpoint(self.path(name), self.device, expect=self.cfg)
 
-    def save(self, name, model, meta):
-        """Rank 0 writes; every rank waits, so `have` agrees everywhere afterwards."""
+    def save(self, name, model, meta, parent=None):
+        """Rank 0 writes; every rank waits, so `have` agrees everywhere afterwards. With a
+        parent, its file's sha256 goes into the sidecar (see `have`)."""
+        if parent is not None:
+            meta = dict(meta, parent_sha256=self.digest(parent))
         if dist.is_main():
             save_checkpoint(self.path(name), model, meta)
             print(f"saved {self.path(name)}", flush=True)
@@ -124,27 +150,28 @@ def reach(a, stages, B):
     return a.commit_distance
 
 
-def rl_stage(run, name, parent, block_size, rollout_block_size, steps, rows, a, seed, stages):
-    """TraceRL at block_size from checkpoint `parent`, saved as `name` (skipped if present)."""
-    if run.have(name):
+def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a, seed, stages):
+    """TraceRL at block_size from checkpoint `parent` (trained at prev_block_size), saved as
+    `name` (skipped if present and still `parent`'s child)."""
+    if run.have(name, parent):
         return run.load(name)[1]
     model, meta = run.load(parent)
     ra = argparse.Namespace(**vars(a))
     ra.block_size, ra.steps = block_size, steps
     hist = []
-    if a.warmup_steps and rollout_block_size != block_size:
+    if a.warmup_steps and prev_block_size != block_size:
         # The TraceRL authors' block-enlargement warm-up: train with the new block mask
         # on rollouts still decoded at the old block size.
-        ra.rollout_block_size, ra.steps, ra.target_reward = rollout_block_size, a.warmup_steps, 0.0
-        ra.commit_distance = reach(a, stages, rollout_block_size)
-        hist += run_tracerl(model, rows, ra, name=f"{name}-warmup", seed=seed)
+        ra.rollout_block_size, ra.steps, ra.target_reward = prev_block_size, a.warmup_steps, 0.0
+        ra.commit_distance = reach(a, stages, prev_block_size)
+        hist += run_tracerl(model, problems, ra, name=f"{name}-warmup", seed=seed)
         ra.steps, ra.target_reward = steps - len(hist), a.target_reward
     ra.rollout_block_size, ra.commit_distance = block_size, reach(a, stages, block_size)
     t0 = time.time()
-    hist += run_tracerl(model, rows, ra, name=name, seed=seed + 1)
+    hist += run_tracerl(model, problems, ra, name=name, seed=seed + 1)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
                 rl_history=hist, rl_seconds=time.time() - t0)
-    run.save(name, model, meta)
+    run.save(name, model, meta, parent)
     return meta
 
 
@@ -237,11 +264,11 @@ def run_ladder(a, cfg, stages, dev, out, seed):
                              dev, seed, log_every=100)
         run.save("ar", model, meta)
     sft0 = f"sft{B0}"
-    if not run.have(sft0):
+    if not run.have(sft0, "ar"):
         model, _ = run.load("ar")
         model, meta = run_sft(model, task, train_rows, test_rows, B0, a.sft_steps, a.sft_lr,
                               a.batch_size, seed, not a.no_block_offsets, log_every=100)
-        run.save(sft0, model, dict(meta, method="sft"))
+        run.save(sft0, model, dict(meta, method="sft"), "ar")
     # --- T*: TraceRL at each block size from the previous stage
     parent, prev_B, steps_used = sft0, B0, {}
     for i, B in enumerate(stages):
@@ -258,12 +285,12 @@ def run_ladder(a, cfg, stages, dev, out, seed):
     parent = sft0
     for B in stages[1:]:
         name = f"norl{B}"
-        if not run.have(name):
+        if not run.have(name, parent):
             model, meta = run.load(parent)
             model, meta = run_sft(model, task, train_rows, test_rows, B, steps_used[B], a.sft_lr,
                                   a.batch_size, seed, not a.no_block_offsets, log_every=100,
                                   name=name)
-            run.save(name, model, dict(meta, method="norl", parent=parent))
+            run.save(name, model, dict(meta, method="norl", parent=parent), parent)
         parent = name
     # --- evaluation
     names = [sft0] + [f"tstar{B}" for B in stages] + \
@@ -280,7 +307,7 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
     evaluations are dealt out across ranks and gathered (tokens/s then shares the machine)."""
     cache_path = os.path.join(run.out, "eval.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
-    rows = []
+    results = []
     for name in names:
         model, meta = run.load(name)
         stamp = os.path.getmtime(run.path(name))
@@ -293,7 +320,7 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
             r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=seed,
                          distance=reach(a, stages, B))
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
-            row.update(schedule_stats(r["out"]["step"], B))
+            row.update(schedule_stats(r["out"]["fwd"], B))
             row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
             new[key(B, rule)] = row
         for part in dist.gather_objects(new):
@@ -302,12 +329,12 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
             row = cache[key(B, rule)]
             print(f"eval {name:>9} @ B={B:<3} {rule:>7}: acc {100 * row['accuracy']:5.1f}%  "
                   f"TPF {row['tpf']:.2f}", flush=True)
-        rows += [cache[key(B, rule)] for B, rule in jobs]
+        results += [cache[key(B, rule)] for B, rule in jobs]
         if dist.is_main():
             with open(cache_path + ".tmp", "w") as f:
                 json.dump(cache, f)
             os.replace(cache_path + ".tmp", cache_path)
-    return rows
+    return results
 
 
 def aggregate(out, seeds, stages):
@@ -318,18 +345,18 @@ def aggregate(out, seeds, stages):
     for s in seeds:
         with open(os.path.join(out, f"seed{s}", "results.json")) as f:
             per_seed.append({(r["method"], r["decode_block"], r["rule"]): r for r in json.load(f)})
-    rows = []
+    cells = []
     for key, first in per_seed[0].items():
         acc = [p[key]["accuracy"] for p in per_seed]
         tpf = [p[key]["tpf"] for p in per_seed]
-        rows.append(dict(method=key[0], trained_block=first.get("trained_block"), decode_block=key[1],
+        cells.append(dict(method=key[0], trained_block=first.get("trained_block"), decode_block=key[1],
                          rule=key[2], threshold=first.get("threshold"), seeds=seeds,
                          accuracy=sum(acc) / len(acc), accuracy_min=min(acc), accuracy_max=max(acc),
                          accuracy_per_seed=acc, tpf=sum(tpf) / len(tpf), tpf_per_seed=tpf))
     with open(os.path.join(out, "aggregate.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    names = list(dict.fromkeys(r["method"] for r in rows))
-    get = {(r["method"], r["decode_block"], r["rule"]): r for r in rows}
+        json.dump(cells, f, indent=1)
+    names = list(dict.fromkeys(r["method"] for r in cells))
+    get = {(r["method"], r["decode_block"], r["rule"]): r for r in cells}
     cell = lambda r: (f"{100 * r['accuracy']:.1f} ({100 * r['accuracy_min']:.1f}-{100 * r['accuracy_max']:.1f})"
                       f" / {r['tpf']:.2f}")
     lines = [f"# T* results over seeds {','.join(map(str, seeds))}: --stages {','.join(map(str, stages))}", "",

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from data.tokenizer import EOS_ID, MASK_ID
 from model import KVCache, attention_mask, hide_far_masks
-from sample import RULES, _commit, _rule_args, near_frontier, outputs
+from sample import RULES, near_frontier, outputs, top_k
 
 @functools.lru_cache(maxsize=64)
 def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
@@ -106,6 +106,30 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nf
     return blk, stp, lpb, nfe, done, more, k_new[:, :, :, :Tp], v_new[:, :, :, :Tp]
 
 
+# ----------------------------------------------------------------------------- commit rule, as a table
+# `sample.generate` spells the three rules out (read it there). Here they are one function
+# of (threshold, k, by_index), so one compiled graph serves all three and a new θ is a new
+# tensor value, not a new graph: static and ltr are the dynamic rule with a bar nobody
+# clears (threshold = inf), so every row falls back to its k best (by_index: leftmost).
+
+def _rule_args(rule, threshold, k):
+    """(threshold, k, by_index) under which `_commit` applies `rule` (as sample.generate)."""
+    if rule == "dynamic":
+        return threshold, 1, False  # fall back to the single most confident
+    return math.inf, k, rule == "ltr"
+
+
+def _commit(conf, cand, need, threshold, k: int, by_index: bool):
+    """Which candidates to commit this step. conf [n, Tb] fp32, cand [n, Tb] bool. Every
+    candidate with conf >= threshold; in a row where none is, its k most confident
+    candidates (by_index: its k leftmost). Rows with need = False commit nothing."""
+    commit = cand & (conf >= threshold)
+    # ltr scores positions by -index so top_k picks the leftmost masked ones
+    score = conf if not by_index else -torch.arange(cand.shape[1], device=cand.device,
+                                                    dtype=conf.dtype).expand_as(conf)
+    return (commit | (top_k(score, cand, k) & ~commit.any(1, keepdim=True))) & need[:, None]
+
+
 _COMPILED = {}
 
 
@@ -138,7 +162,7 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
                   steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
                   compile: bool = True, stats: dict = None, distance: int = 0):
     """`generate` with static shapes, for speed: same arguments, same output dict (equal
-    tokens, steps, n_gen, nfe, finished; log-probs to fp tolerance) for the same seed.
+    tokens, traces, n_gen, nfe, finished; log-probs to fp tolerance) for the same seed.
 
     What differs inside: the batch never shrinks (finished rows stay and are ignored),
     the KV cache is preallocated to max_seq_len and attended in full (masks precomputed
@@ -158,7 +182,7 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
     step_fn = compiled_step(dev.type) if compile else _denoise_step
     cudagraphs = compile and dev.type == "cuda"
     tokens = torch.full((N, A), MASK_ID, dtype=torch.long, device=dev)
-    step = torch.full((N, A), -1, dtype=torch.long, device=dev)
+    fwd = torch.full((N, A), -1, dtype=torch.long, device=dev)
     logp = torch.zeros(N, A, dtype=torch.float32, device=dev)
     nfe = torch.zeros(N, dtype=torch.long, device=dev)
     done = torch.zeros(N, dtype=torch.bool, device=dev)
@@ -209,12 +233,12 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
                 n_sync += 1
                 if not more:
                     break
-        tokens[:, start:end], step[:, start:end], logp[:, start:end] = blk, stp, lpb
+        tokens[:, start:end], fwd[:, start:end], logp[:, start:end] = blk, stp, lpb
         pending = blk
     if stats is not None:
         stats.update(forwards=n_fwd, syncs=n_sync)
     # From here on exactly as in `generate`.
-    tokens = tokens.masked_fill(step < 0, EOS_ID)
-    return outputs(tokens, step, logp, nfe)
+    tokens = tokens.masked_fill(fwd < 0, EOS_ID)
+    return outputs(tokens, fwd, logp, nfe)
 
 

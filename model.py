@@ -3,7 +3,7 @@
     python model.py          # prints the default config and its parameter count
 
 One transformer, three attention patterns, all built by `attention_mask` from a
-per-position block id (DESIGN §4):
+per-position block id (docs/design.md §3):
   * causal: AR pre-training (train.py --stage ar).
   * block-causal: inference. A token sees every earlier block and its own block.
   * training layout [prompt | clean answer | noisy answer]: the noisy copy reuses the
@@ -16,8 +16,8 @@ that position, no shift; the AR weights are only the initialisation.
 
 The prompt sits in a fixed, left-padded area of `prompt_len` tokens and is causal within
 itself in every pattern, so prefill is plain AR prefill. Simplified from the paper:
-learned absolute positions instead of Qwen3's RoPE (DESIGN §11 measured RoPE no better
-here), LayerNorm, GELU MLP, no dropout by default.
+learned absolute positions instead of Qwen3's RoPE (docs/design.md §10: RoPE measured no
+better here), LayerNorm, GELU MLP, no dropout by default.
 """
 import functools
 import json
@@ -41,8 +41,8 @@ class GPTConfig:
     max_seq_len: int = 48      # prompt area + answer area
     prompt_len: int = 16       # fixed, left-padded prompt area
     dropout: float = 0.0
-    # Our addition (docs/design.md, "mask window"): a noisy query sees a <|mask|> key only
-    # within this many positions of itself; committed tokens stay visible at any distance.
+    # Our addition (the mask window, docs/design.md §3): a noisy query sees a <|mask|> key
+    # only within this many positions of itself; committed tokens stay visible at any distance.
     # 3 = B-1 for the B=4 base, so the base is trained exactly as without it; at B=16 it
     # keeps a query from attending to up to 15 masks, which it never saw in B=4 training.
     # Negative: no window (SDAR's fully bidirectional noisy block).

@@ -4,19 +4,22 @@
     python sample.py --ckpt runs/default/tstar16.pt --block-size 16 --rule dynamic --threshold 0.9
     python sample.py --ckpt runs/default/tstar16.pt --block-size 16 --fast   # compiled, static shapes
 
-Block by block, left to right (DESIGN §6). A block starts fully masked; each denoising
+Block by block, left to right (docs/design.md §5). A block starts fully masked; each denoising
 step is one forward of the block against the KV cache; a token is sampled at every
 masked position and some are committed:
   * static:  the k most confident, k = ceil(block / steps);
   * ltr:     the k leftmost still-masked positions (plain left-to-right);
   * dynamic: every position whose sampled token has probability >= threshold, or the
              single most confident one if none does (Fast-dLLM / SDAR's rule).
+All three are written out where `generate` applies them. With a commit distance D
+(`near_frontier`, ours) only masks fewer than D places right of the block's leftmost mask
+are candidates.
 The finished block is written to the cache by the *next* block's first step (one fused
 forward), so every forward counted in tokens-per-forward (TPF) also denoises; the
 prompt prefill is fused into the first block's first step the same way.
 
 For every generated token we record the sequence's forward index at which it was
-committed (the trace, TraceRL's step map) and its log-probability under the sampling
+committed (`fwd`, the trace: TraceRL's "step map") and its log-probability under the sampling
 policy. A sequence stops as soon as it has committed <|eos|> with no mask before it;
 TPF = tokens up to and including that eos / forwards the sequence took part in.
 Simplified from the paper's stack: no remasking, lockstep batches (a forward runs while
@@ -44,26 +47,10 @@ from model import CheckpointError, KVCache, load_checkpoint, pick_device
 RULES = ("dynamic", "static", "ltr", "schedule")
 
 
-def _rule_args(rule, threshold, k):
-    """(threshold, k, by_index) under which `_commit` applies `rule`. static and ltr are
-    the dynamic rule with a bar nobody clears (threshold = inf), so every row takes its
-    k best; written this way, one compiled graph serves all three rules."""
-    if rule == "dynamic":
-        return threshold, 1, False  # fall back to the single most confident
-    return math.inf, k, rule == "ltr"
-
-
-def _commit(conf, cand, need, threshold, k: int, by_index: bool):
-    """Which candidates to commit this step. conf [n, Tb] fp32, cand [n, Tb] bool. Every
-    candidate with conf >= threshold; in a row where none is, its k most confident
-    candidates (by_index: its k leftmost). Rows with need = False commit nothing."""
-    commit = cand & (conf >= threshold)
-    # ltr scores positions by -index so topk picks the leftmost masked ones
-    score = conf if not by_index else -torch.arange(cand.shape[1], device=cand.device,
-                                                    dtype=conf.dtype).expand_as(conf)
+def top_k(score, cand, k: int):
+    """Bool [n, Tb]: the k highest-scoring candidates of each row (fewer if it has fewer)."""
     top = score.masked_fill(~cand, -math.inf).topk(min(k, cand.shape[1]), dim=1).indices
-    pick = torch.zeros_like(cand).scatter_(1, top, True) & cand & ~commit.any(1, keepdim=True)
-    return (commit | pick) & need[:, None]
+    return torch.zeros_like(cand).scatter_(1, top, True) & cand
 
 
 def near_frontier(masked, distance: int):
@@ -71,7 +58,7 @@ def near_frontier(masked, distance: int):
     `distance` places right of the row's leftmost mask (0 = every masked position). With
     distance = 4 a B=16 block is decoded like a sliding B=4 block; raising it lets the
     model commit further ahead of the filled-in frontier, where a small-block model is
-    confidently wrong (docs/experiments.md E9). Log-probs are unaffected: it only narrows
+    confidently wrong (docs/design.md §5). Log-probs are unaffected: it only narrows
     which sampled tokens may be committed."""
     if distance <= 0:
         return masked
@@ -80,21 +67,35 @@ def near_frontier(masked, distance: int):
     return masked & (idx[None, :] < first[:, None] + distance)
 
 
-def _choose(rule, conf, cand, need, threshold, k):
-    return _commit(conf, cand, need, *_rule_args(rule, threshold, k))
+def commit_ranks(fwd, block_size: int):
+    """Within-block commit rank of every position of a trace fwd [..., A]: 0 for the tokens
+    the block's first denoising step committed, 1 for its second, and so on; -1 where
+    never decoded. The one definition of "the r-th step of a block" that TraceRL's rounds
+    (tracerl.round_ranks) and the schedule analysis (schedule.py) share. A row's forward
+    indices are global (they keep counting across blocks), so ranks are taken per block."""
+    *lead, A = fwd.shape
+    f = F.pad(fwd, (0, (-A) % block_size), value=-1).view(*lead, -1, block_size)
+    dec = f >= 0
+    i = torch.arange(block_size, device=fwd.device)
+    # count each distinct forward index once: at its leftmost position in the block
+    seen_left = ((f[..., :, None] == f[..., None, :]) & (i[None, :] < i[:, None])).any(-1)
+    first = dec & ~seen_left
+    # rank = how many distinct earlier forwards committed something in this block
+    ranks = ((f[..., None, :] < f[..., :, None]) & first[..., None, :]).sum(-1)
+    return torch.where(dec, ranks, -1).view(*lead, -1)[..., :A]
 
 
-def outputs(tokens, step, logp, nfe):
+def outputs(tokens, fwd, logp, nfe):
     """The output dict every sampler returns, on the CPU. One definition of n_gen for all of
     them (tokens up to and including the first eos, A if none), so their TPFs compare.
-    step=None means AR decoding: token i came from forward i."""
+    fwd=None means AR decoding: token i came from forward i."""
     is_eos = tokens == EOS_ID
     has_eos = is_eos.any(1)
     n_gen = torch.where(has_eos, is_eos.long().argmax(1) + 1, tokens.shape[1])
-    if step is None:
+    if fwd is None:
         idx = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
-        step = torch.where(idx < n_gen[:, None], idx, -1)
-    out = dict(tokens=tokens, step=step, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
+        fwd = torch.where(idx < n_gen[:, None], idx, -1)
+    out = dict(tokens=tokens, fwd=fwd, logp=logp, n_gen=n_gen, nfe=nfe, finished=has_eos)
     return {k: v.cpu() for k, v in out.items()}
 
 
@@ -110,8 +111,8 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     rule "schedule" replays a fixed schedule Ŝ (schedule.py): a list whose j-th entry holds
     the in-block positions to commit at a block's j-th step, whatever the confidences.
 
-    Returns a dict of CPU tensors: tokens [N, A] (eos where never decoded), step [N, A] (the
-    sequence's forward index that committed each token, -1 if never decoded), logp [N, A]
+    Returns a dict of CPU tensors: tokens [N, A] (eos where never decoded), fwd [N, A] (the
+    trace: the sequence's forward index that committed each token, -1 if never decoded), logp [N, A]
     (fp32 log-prob of the committed token under the sampling policy), n_gen [N] (tokens up
     to and including the first eos, A if none), nfe [N] (forwards each row took part in),
     finished [N] (an eos was produced)."""
@@ -123,20 +124,20 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     N, A = prompts.shape[0], cfg.answer_len
     k_static = math.ceil(block_size / (steps or block_size))
     tokens = torch.full((N, A), MASK_ID, dtype=torch.long, device=dev)
-    step = torch.full((N, A), -1, dtype=torch.long, device=dev)
+    fwd = torch.full((N, A), -1, dtype=torch.long, device=dev)
     logp = torch.zeros(N, A, dtype=torch.float32, device=dev)
     nfe = torch.zeros(N, dtype=torch.long, device=dev)
     done = torch.zeros(N, dtype=torch.bool, device=dev)
     cache = KVCache(cfg, N, dev)
-    rows = torch.arange(N, device=dev)              # global indices of the rows in the cache
+    alive = torch.arange(N, device=dev)  # batch indices of the sequences still decoding (in the cache)
     pending, pending_bid = prompts, -1
     for b, start in enumerate(range(0, A, block_size)):
         end = min(start + block_size, A)
-        blk = tokens[rows, start:end]
-        j = 0  # step within the block (the batch moves through a block in lockstep)
+        blk = tokens[alive, start:end]
+        j = 0  # denoising step within the block (the batch moves through a block in lockstep)
         while True:
             masked = blk == MASK_ID
-            need = masked.any(1) & ~done[rows]
+            need = masked.any(1) & ~done[alive]
             if not need.any():
                 break
             logits = model.decode_step(cache, pending, pending_bid, blk, b).float()
@@ -149,34 +150,44 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
                 lp_all = F.log_softmax(logits, dim=-1)
                 tok = lp_all.argmax(-1)
             lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
-            if rule == "schedule":  # Ŝ[j]'s positions; past its end, whatever is left
+            # The commit rule. cand: the masked positions it may commit (all of them, or
+            # those within the commit distance); conf: each sampled token's probability.
+            cand, conf = near_frontier(masked, distance), lp.exp()
+            if rule == "dynamic":  # everything above θ, else the single most confident one
+                commit = cand & (conf >= threshold)
+                commit |= top_k(conf, cand, 1) & ~commit.any(1, keepdim=True)
+            elif rule == "static":  # the k most confident
+                commit = top_k(conf, cand, k_static)
+            elif rule == "ltr":  # the k leftmost (score = -position)
+                commit = top_k(-torch.arange(blk.shape[1], device=dev).expand_as(conf).to(conf.dtype),
+                               cand, k_static)
+            else:  # "schedule": Ŝ[j]'s positions; past its end, whatever is left
                 named = torch.zeros(blk.shape[1], dtype=torch.bool, device=dev)
                 named[[p for p in schedule[j] if p < blk.shape[1]] if j < len(schedule) else slice(None)] = True
-                commit = masked & named & need[:, None]
-            else:
-                commit = _choose(rule, lp.exp(), near_frontier(masked, distance), need, threshold, k_static)
+                commit = masked & named
+            commit &= need[:, None]  # sequences that are done commit nothing
             j += 1
             blk = torch.where(commit, tok, blk)
-            step[rows, start:end] = torch.where(commit, nfe[rows, None], step[rows, start:end])
-            logp[rows, start:end] = torch.where(commit, lp, logp[rows, start:end])
-            nfe[rows] += need.long()
+            fwd[alive, start:end] = torch.where(commit, nfe[alive, None], fwd[alive, start:end])
+            logp[alive, start:end] = torch.where(commit, lp, logp[alive, start:end])
+            nfe[alive] += need.long()
             # Done: an eos is committed and nothing before it is still masked.
             is_eos = blk == EOS_ID
             first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), blk.shape[1])
             before = torch.arange(blk.shape[1], device=dev)[None, :] < first_eos[:, None]
-            done[rows] |= is_eos.any(1) & ~((blk == MASK_ID) & before).any(1)
-        tokens[rows, start:end] = blk
-        keep = ~done[rows]
+            done[alive] |= is_eos.any(1) & ~((blk == MASK_ID) & before).any(1)
+        tokens[alive, start:end] = blk
+        keep = ~done[alive]
         if not keep.any():
             break
-        if not keep.all():  # drop finished rows from the cache: no work is spent on them
+        if not keep.all():  # drop finished sequences from the cache: no work is spent on them
             cache.keep(keep.nonzero().squeeze(1))
-            rows, blk = rows[keep], blk[keep]
+            alive, blk = alive[keep], blk[keep]
         pending, pending_bid = blk, b
-    # Positions never decoded (after a row stopped) read as eos, with step -1. Tokens that
+    # Positions never decoded (after a row stopped) read as eos, with fwd -1. Tokens that
     # were committed after the first eos stay as they were: they are part of the state the
-    # sampler saw, which TraceRL's rows must reproduce exactly.
-    return outputs(tokens.masked_fill(step < 0, EOS_ID), step, logp, nfe)
+    # sampler saw, which TraceRL's trace rows must reproduce exactly.
+    return outputs(tokens.masked_fill(fwd < 0, EOS_ID), fwd, logp, nfe)
 
 
 @torch.no_grad()
@@ -207,16 +218,16 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
     return outputs(tokens, None, logp, nfe)
 
 
-def show_decoding(tokens, step, block_size: int, color: bool = True) -> str:
+def show_decoding(tokens, fwd, block_size: int, color: bool = True) -> str:
     """Replay one answer's trace as text, one line per forward: '_' still masked, the
     tokens committed by that forward highlighted (reverse video on a terminal, [x]
-    otherwise). Rebuilt from the step map, which records exactly what each forward did."""
+    otherwise). Rebuilt from the trace, which records exactly what each forward did."""
     lines = []
-    for s in range(int(step.max()) + 1):
-        if not (step == s).any():
+    for s in range(int(fwd.max()) + 1):
+        if not (fwd == s).any():
             continue
         cells = []
-        for i, (t, st) in enumerate(zip(tokens.tolist(), step.tolist())):
+        for i, (t, st) in enumerate(zip(tokens.tolist(), fwd.tolist())):
             if i and i % block_size == 0:
                 cells.append("|")
             ch = "_" if st < 0 or st > s else ("⏎" if t >= 256 else decode([t]) or "?")
@@ -274,7 +285,7 @@ def main():
     dt = time.time() - t0
     if a.show:
         print(f"{qs[0]}  (B={a.block_size}, rule {a.rule}; | = block boundary)")
-        print(show_decoding(out["tokens"][0], out["step"][0], a.block_size or 1, sys.stdout.isatty()))
+        print(show_decoding(out["tokens"][0], out["fwd"][0], a.block_size or 1, sys.stdout.isatty()))
     for q, ids in zip(qs, out["tokens"]):
         print(f"{q} -> {decode(ids)}")
     print(f"TPF {out['n_gen'].sum().item() / out['nfe'].sum().item():.2f}  ({dt:.2f}s)")

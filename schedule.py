@@ -4,7 +4,7 @@
     python schedule.py --run runs/tstar --block-size 16                         # the replay table
 
 The paper's second claim is that T* "may converge to an alternative decoding schedule Ŝ
-that achieves comparable performance". Three views of that schedule (DESIGN §9):
+that achieves comparable performance". Three views of that schedule (docs/design.md §9):
   * statistics of the traces: the share of steps that commit exactly the leftmost
     still-masked positions, Kendall τ between in-block position and commit step
     (1.0 = strictly left to right), tokens per step;
@@ -26,6 +26,8 @@ import sys
 import torch
 
 from data.tokenizer import decode
+from sample import commit_ranks
+
 # ----------------------------------------------------------------------------- Ŝ analysis
 
 def _kendall_tau(x, y):
@@ -48,8 +50,8 @@ def _kendall_tau(x, y):
     return (conc - disc) / denom if denom else None
 
 
-def schedule_stats(step: torch.Tensor, block_size: int):
-    """Ŝ statistics from a step map [N, A] (-1 = not decoded).
+def schedule_stats(fwd: torch.Tensor, block_size: int):
+    """Ŝ statistics from a trace [N, A] (sample.generate's fwd; -1 = not decoded).
 
     left_to_right: share of denoising steps whose committed set is exactly the leftmost
     still-masked positions of the block; kendall_tau: mean over blocks with >= 2 decoded
@@ -57,10 +59,10 @@ def schedule_stats(step: torch.Tensor, block_size: int):
     mean committed tokens per denoising step."""
     ltr_steps = n_steps = 0
     taus, per_step = [], []
-    N, A = step.shape
+    N, A = fwd.shape
     for n in range(N):
         for s in range(0, A, block_size):
-            blk = step[n, s:s + block_size].tolist()
+            blk = fwd[n, s:s + block_size].tolist()
             idx = [i for i, v in enumerate(blk) if v >= 0]
             if not idx:
                 continue
@@ -80,32 +82,30 @@ def schedule_stats(step: torch.Tensor, block_size: int):
                 tokens_per_step=sum(per_step) / max(len(per_step), 1))
 
 
-def schedule_grid(step: torch.Tensor, tokens: torch.Tensor, block_size: int, n_blocks: int = 4):
+def schedule_grid(fwd: torch.Tensor, tokens: torch.Tensor, block_size: int, n_blocks: int = 4):
     """ASCII picture: for a few blocks, the within-block step rank at which each position
     was committed (0 = first step; '.' = not decoded), under the decoded text."""
     lines = []
-    for n in range(min(n_blocks, step.shape[0])):
-        blk = step[n, :block_size].tolist()
-        order = {v: r for r, v in enumerate(sorted(set(v for v in blk if v >= 0)))}
-        ranks = "".join("." if v < 0 else "0123456789abcdefghijklmnopqrstuvwxyz"[min(order[v], 35)]
-                        for v in blk)
+    ranks = commit_ranks(fwd[:n_blocks, :block_size], block_size)
+    for n in range(ranks.shape[0]):
+        marks = "".join("." if r < 0 else "0123456789abcdefghijklmnopqrstuvwxyz"[min(r, 35)]
+                        for r in ranks[n].tolist())
         text = decode(tokens[n, :block_size]).ljust(block_size)[:block_size].replace("\n", " ")
-        lines.append(f"  {text!s}  |  {ranks}")
+        lines.append(f"  {text!s}  |  {marks}")
     return "\n".join(lines)
 
 
-def derive_schedule(step: torch.Tensor, block_size: int):
-    """Ŝ from a step map [N, A]: a list of steps, each a sorted list of in-block positions;
+def derive_schedule(fwd: torch.Tensor, block_size: int):
+    """Ŝ from a trace [N, A]: a list of steps, each a sorted list of in-block positions;
     every position 0..block_size-1 appears exactly once."""
     ranks, counts = [], []
-    N, A = step.shape
+    N, A = fwd.shape
+    all_ranks = commit_ranks(fwd, block_size)
     for n in range(N):
         for s in range(0, A - block_size + 1, block_size):
-            blk = step[n, s:s + block_size]
-            if (blk < 0).any():  # only whole blocks: a block cut by eos has no late steps
+            r = all_ranks[n, s:s + block_size]
+            if (r < 0).any():  # only whole blocks: a block cut by eos has no late steps
                 continue
-            uniq = torch.unique(blk)
-            r = torch.searchsorted(uniq, blk)
             ranks.append(r.float())
             counts.append(torch.bincount(r, minlength=block_size)[:block_size].float())
     if not ranks:
@@ -131,7 +131,7 @@ def schedule_picture(schedule, block_size: int) -> str:
     return "\n".join(lines)
 
 
-def heatmap(step: torch.Tensor, block_size: int, path: str, title: str, n_rows: int = 40):
+def heatmap(fwd: torch.Tensor, block_size: int, path: str, title: str, n_problems: int = 40):
     """PNG of within-block commit ranks (problem x answer position); skipped without
     matplotlib. Returns the path written, or None."""
     try:
@@ -140,16 +140,11 @@ def heatmap(step: torch.Tensor, block_size: int, path: str, title: str, n_rows: 
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    grid = torch.full(step[:n_rows].shape, float("nan"))
-    for n in range(grid.shape[0]):
-        for s in range(0, step.shape[1], block_size):
-            blk = step[n, s:s + block_size]
-            dec = blk >= 0
-            if dec.any():
-                grid[n, s:s + block_size][dec] = torch.searchsorted(torch.unique(blk[dec]), blk[dec]).float()
+    ranks = commit_ranks(fwd[:n_problems], block_size)
+    grid = ranks.float().masked_fill(ranks < 0, float("nan"))
     fig, ax = plt.subplots(figsize=(8, 4))
     im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
-    for s in range(block_size, step.shape[1], block_size):
+    for s in range(block_size, fwd.shape[1], block_size):
         ax.axvline(s - 0.5, color="white", lw=0.8)
     ax.set_xlabel("answer position (white lines: block boundaries)")
     ax.set_ylabel("test problem")
@@ -161,23 +156,20 @@ def heatmap(step: torch.Tensor, block_size: int, path: str, title: str, n_rows: 
     return path
 
 
-def steps_per_block(step: torch.Tensor, block_size: int) -> float:
+def steps_per_block(fwd: torch.Tensor, block_size: int) -> float:
     """Mean number of denoising steps a block took (blocks with any decoded token)."""
-    n = []
-    for row in step:
-        for s in range(0, row.shape[0], block_size):
-            blk = row[s:s + block_size]
-            if (blk >= 0).any():
-                n.append(len(torch.unique(blk[blk >= 0])))
-    return sum(n) / max(len(n), 1)
+    ranks = commit_ranks(fwd, block_size)
+    ranks = torch.nn.functional.pad(ranks, (0, (-ranks.shape[1]) % block_size), value=-1)
+    n_steps = ranks.view(ranks.shape[0], -1, block_size).max(-1).values + 1  # 0 = not decoded
+    return float(n_steps[n_steps > 0].float().mean()) if (n_steps > 0).any() else 0.0
 
 
 def schedule_path(ckpt: str, block_size: int) -> str:
     return ckpt[:-3] + f".schedule{block_size}.json" if ckpt.endswith(".pt") else ckpt + ".json"
 
 
-def replay_table(run_dir: str, block_size: int, test_rows, threshold: float = 0.9, device="cpu"):
-    """Rows (name, rule, accuracy, TPF, steps/block) for the replay comparison at one B."""
+def replay_table(run_dir: str, block_size: int, test_problems, threshold: float = 0.9, device="cpu"):
+    """Table lines (name, rule, accuracy, TPF, steps/block) for the replay comparison at one B."""
     from eval_math import evaluate
     from model import load_checkpoint
     names = sorted(f[:-3] for f in os.listdir(run_dir) if f.endswith(".pt"))
@@ -185,14 +177,14 @@ def replay_table(run_dir: str, block_size: int, test_rows, threshold: float = 0.
     tstar, norl = f"tstar{block_size}", f"norl{block_size}"
     models = {n: load_checkpoint(os.path.join(run_dir, n + ".pt"), device)[0]
               for n in (tstar, sft, norl) if n in names}
-    own = evaluate(models[tstar], test_rows, block_size, "dynamic", threshold)
-    S = derive_schedule(own["out"]["step"], block_size)
-    rows = [(tstar, f"dynamic θ={threshold}", own)]
+    own = evaluate(models[tstar], test_problems, block_size, "dynamic", threshold)
+    S = derive_schedule(own["out"]["fwd"], block_size)
+    runs = [(tstar, f"dynamic θ={threshold}", own)]
     for n, m in models.items():
-        rows.append((n, "replay Ŝ", evaluate(m, test_rows, block_size, "schedule", schedule=S)))
-        rows.append((n, f"ltr, {len(S)} steps", evaluate(m, test_rows, block_size, "ltr", steps=len(S))))
-    return S, [(n, rule, r["accuracy"], r["tpf"], steps_per_block(r["out"]["step"], block_size))
-               for n, rule, r in rows]
+        runs.append((n, "replay Ŝ", evaluate(m, test_problems, block_size, "schedule", schedule=S)))
+        runs.append((n, f"ltr, {len(S)} steps", evaluate(m, test_problems, block_size, "ltr", steps=len(S))))
+    return S, [(n, rule, r["accuracy"], r["tpf"], steps_per_block(r["out"]["fwd"], block_size))
+               for n, rule, r in runs]
 
 
 def main():
@@ -212,28 +204,28 @@ def main():
     try:
         if a.ckpt:
             model, meta = load_checkpoint(a.ckpt, dev)
-            test_rows = load_task(meta["task"])[1]
-            r = evaluate(model, test_rows, a.block_size, "dynamic", a.threshold)
-            S = derive_schedule(r["out"]["step"], a.block_size)
+            test_problems = load_task(meta["task"])[1]
+            r = evaluate(model, test_problems, a.block_size, "dynamic", a.threshold)
+            S = derive_schedule(r["out"]["fwd"], a.block_size)
             path = schedule_path(a.ckpt, a.block_size)
             with open(path, "w") as f:
                 json.dump({"block_size": a.block_size, "threshold": a.threshold, "schedule": S,
-                           **schedule_stats(r["out"]["step"], a.block_size)}, f, indent=1)
+                           **schedule_stats(r["out"]["fwd"], a.block_size)}, f, indent=1)
             print(f"Ŝ of {a.ckpt} at B={a.block_size} ({len(S)} steps; accuracy {100 * r['accuracy']:.1f}%, "
                   f"TPF {r['tpf']:.2f}) -> {path}")
             print(schedule_picture(S, a.block_size))
-            print(schedule_grid(r["out"]["step"], r["out"]["tokens"], a.block_size))
-            png = heatmap(r["out"]["step"], a.block_size, a.ckpt[:-3] + f".heat{a.block_size}.png",
+            print(schedule_grid(r["out"]["fwd"], r["out"]["tokens"], a.block_size))
+            png = heatmap(r["out"]["fwd"], a.block_size, a.ckpt[:-3] + f".heat{a.block_size}.png",
                           f"{os.path.basename(a.ckpt)} at B={a.block_size}")
             print(f"heat map: {png}" if png else "heat map skipped (no matplotlib)")
         if a.run:
             _, meta = load_checkpoint(os.path.join(a.run, f"tstar{a.block_size}.pt"), dev)
-            S, rows = replay_table(a.run, a.block_size, load_task(meta["task"])[1], a.threshold, dev)
+            S, table = replay_table(a.run, a.block_size, load_task(meta["task"])[1], a.threshold, dev)
             print(f"Ŝ of tstar{a.block_size} ({len(S)} steps per block):")
             print(schedule_picture(S, a.block_size))
             print(f"\n| checkpoint | decoding at B={a.block_size} | accuracy | TPF | steps/block |")
             print("|---|---|---|---|---|")
-            for n, rule, acc, tpf, spb in rows:
+            for n, rule, acc, tpf, spb in table:
                 print(f"| {n} | {rule} | {100 * acc:.1f} % | {tpf:.2f} | {spb:.2f} |")
     except (CheckpointError, DataError, StopIteration) as e:
         sys.exit(f"error: {e or 'the run directory has no sft checkpoint'}")

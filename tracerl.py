@@ -1,27 +1,31 @@
-"""TraceRL: trajectory-aware RL for a block-diffusion policy (DESIGN §7).
+"""TraceRL: trajectory-aware RL for a block-diffusion policy (docs/design.md §6-§7).
 
     python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --steps 40 --out runs/x/rl8.pt
     python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --value-model --out runs/x/rl8v.pt
     torchrun --nproc_per_node 2 tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --out runs/x/rl8.pt
 
-One RL step reads top to bottom as: rollouts -> rewards -> advantages -> rows -> update.
+One RL step reads top to bottom as: rollouts -> rewards -> advantages -> trace rows -> update.
   1. rollouts: P prompts x K samples at temperature 1, dynamic decoding at the rollout
-     block size, with the trace (commit step of every token) and its log-probs recorded;
+     block size, with the trace (the forward that committed every token) and log-probs recorded;
   2. reward: 1 if the graded answer is right, else 0 (no eos = 0);
   3. advantage: z-score within each prompt's K samples (population std, 0 when std = 0);
      groups whose accuracy is outside --acc-band are dropped for the step;
-  4. rows: the trace is cut into rounds; in round r every block's r-th (merged) step
+  4. trace rows: the trace is cut into rounds; in round r every block's r-th (merged) step
      gives the targets, and every position decoded at that step or later is masked, i.e.
      exactly the state the sampler saw (TraceRL's trajectory-aware training);
   5. update: PPO-clip on ρ = π_θ / π_old per target token plus a k3 KL penalty, summed
      over a response and divided by its length, fp32 log-probs, grad clip, AdamW.
 
 π_old is the sampler's recorded log-prob; tests/ checks it equals the recomputation in
-the training layout. When rollouts use another block size than training (the warm-up
-of a block-size change) the states differ, so π_old is recomputed in the training
-layout once per step. Simplified from the paper: no value model by default
-(`--value-model` adds the diffusion value model of value.py: A_t = R − V(s_t)), binary
-reward only. Under torchrun the P prompts are split across ranks (each prompt's K samples
+the training layout. Where the rows are not the sampler's states (rollouts at another
+block size, the warm-up of a block-size change; or --shrink > 1, whose merged rounds mask
+tokens that were visible when later targets were sampled) π_old is recomputed in the
+training layout once per step. With the default --updates 1 that one optimiser step is
+taken at the sampling weights, so ρ = 1, the clip and the KL do nothing, and the update
+is group-normalised policy gradient; --updates > 1 takes several steps on the same rows,
+where ρ moves away from 1 and the clip and KL start to act. Simplified from the paper: no
+value model by default (`--value-model` adds the diffusion value model of value.py:
+A_t = R − V(s_t)), binary reward only. Under torchrun the P prompts are split across ranks (each prompt's K samples
 on one rank), the loss is normalised by global counts and gradients are summed (dist.py).
 """
 import argparse
@@ -29,6 +33,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +44,7 @@ from data.task import (DataError, add_task_args, check_fit, encode_prompts, load
 from data.tokenizer import MASK_ID, decode
 from eval_math import is_correct
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint, training_layout
-from sample import generate
+from sample import commit_ranks, generate
 from value import Critic, row_values, token_advantages, value_loss
 
 
@@ -56,27 +61,21 @@ def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0)):
     return adv * kept[:, None], kept
 
 
-def step_ranks(step: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
-    """Per-position round index from a step map [A] (-1 = never decoded -> large).
-    Inside each block the distinct commit steps are sorted; shrinkage merges every
-    `shrink` neighbouring steps into one action."""
-    A = step.shape[0]
-    ranks = torch.full((A,), 10 ** 6, dtype=torch.long)
-    for s in range(0, A, block_size):
-        blk = step[s:s + block_size]
-        dec = blk >= 0
-        if dec.any():
-            uniq = torch.unique(blk[dec])  # sorted
-            ranks[s:s + block_size][dec] = torch.searchsorted(uniq, blk[dec]) // shrink
-    return ranks
+def round_ranks(fwd: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
+    """Per-position round index of one response's trace fwd [A] (-1 = never decoded ->
+    a large number, so no round ever targets or unmasks it). The round is the within-block
+    commit rank (sample.commit_ranks); shrinkage merges every `shrink` neighbouring steps
+    of a block into one action."""
+    ranks = commit_ranks(fwd, block_size)
+    return torch.where(ranks >= 0, ranks // shrink, 10 ** 6)
 
 
-def trace_rows(step: torch.Tensor, block_size: int, shrink: int = 1):
-    """The rounds of one response: a list of (noisy_mask [A], target [A]) bool pairs.
-    Round r masks every position with rank >= r (and every never-decoded one) and
-    targets the positions with rank == r, in all blocks at once."""
-    ranks = step_ranks(step, block_size, shrink)
-    decoded = step >= 0
+def trace_rows(fwd: torch.Tensor, block_size: int, shrink: int = 1):
+    """The rounds of one response's trace fwd [A]: a list of (noisy_mask [A], target [A])
+    bool pairs. Round r masks every position with rank >= r (and every never-decoded one)
+    and targets the positions with rank == r, in all blocks at once."""
+    ranks = round_ranks(fwd, block_size, shrink)
+    decoded = fwd >= 0
     n_rounds = int(ranks[decoded].max()) + 1 if decoded.any() else 0
     return [(ranks >= r, ranks == r) for r in range(n_rounds)]
 
@@ -108,16 +107,16 @@ def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int):
 # ----------------------------------------------------------------------------- one RL step
 
 @torch.no_grad()
-def rollout(model, rows, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0):
-    """Pick P prompts with the shared `gen` (every rank picks the same ones), sample K
-    responses for this rank's share with `sample_gen` (default: gen), grade them.
-    DDP: the P prompts are split across ranks, prompt p on rank p % world, each with all
-    its K samples, so a group's mean and std (its advantage) are computed on the rank
+def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0):
+    """Pick P prompts from `problems` with the shared `gen` (every rank picks the same
+    ones), sample K responses for this rank's share with `sample_gen` (default: gen), grade
+    them. DDP: the P prompts are split across ranks, prompt p on rank p % world, each with
+    all its K samples, so a group's mean and std (its advantage) are computed on the rank
     that sampled it and no rewards need gathering. Returns a dict of tensors."""
     dev = next(model.parameters()).device
-    pick = torch.randint(len(rows), (n_prompts,), generator=gen, device=dev).tolist()
-    group = [rows[i] for i in pick[dist.rank()::dist.world()]]
-    prompts = encode_prompts([r["question"] for r in group], model.cfg.prompt_len)
+    pick = torch.randint(len(problems), (n_prompts,), generator=gen, device=dev).tolist()
+    group = [problems[i] for i in pick[dist.rank()::dist.world()]]
+    prompts = encode_prompts([p["question"] for p in group], model.cfg.prompt_len)
     prompts = prompts.repeat_interleave(k, 0).to(dev)
     model.eval()
     out = generate(model, prompts, block_size, "dynamic", threshold, temperature=1.0,
@@ -128,11 +127,11 @@ def rollout(model, rows, n_prompts, k, block_size, threshold, gen, sample_gen=No
     return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k), texts=texts)
 
 
-def rl_step(model, opt, rows, a, gen, critic=None):
-    """rollouts -> rewards -> advantages -> rows -> update. Returns a log dict."""
+def rl_step(model, opt, problems, a, gen, critic=None):
+    """rollouts -> rewards -> advantages -> trace rows -> update. Returns a log dict."""
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
-    draw = lambda: rollout(model, rows, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
+    draw = lambda: rollout(model, problems, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
                            a.commit_distance)
     ro, draws = draw(), 1
     # Dynamic sampling (DAPO's): a group whose K samples all agree has no advantage, and with
@@ -152,68 +151,142 @@ def merge_rollouts(a: dict, b: dict) -> dict:
     return {k: a[k] + b[k] if isinstance(a[k], list) else torch.cat([a[k], b[k]]) for k in a}
 
 
-def rl_update(model, opt, ro, a, gen, critic=None):
-    """Advantages -> trace rows -> PPO-clip update, for this rank's rollouts `ro`. Every
-    count that normalises the loss is global (summed over ranks), so the summed gradients
-    equal one process's on all the rollouts (with --updates 1; tests/test_ddp.py)."""
-    dev = next(model.parameters()).device
-    adv, kept = group_advantages(ro["reward"], a.acc_band)
-    adv = adv.view(-1)
+@dataclass
+class TraceRows:
+    """This rank's trace rows of one RL step, stacked. Row i is one round of one response:
+    its prompt, the final response (clean), which positions its noisy copy masks, and
+    which of those are its targets. The per-token tensors are flat over every row's
+    targets in row-major order (as row_logprobs returns them); row i's tokens are
+    old[offsets[i]:offsets[i + 1]]."""
+    prompt: torch.Tensor   # [R, P]
+    clean: torch.Tensor    # [R, A] the sampled response
+    noisy: torch.Tensor    # [R, A] bool: masked in this row's noisy copy
+    target: torch.Tensor   # [R, A] bool: the tokens this row trains
+    old: torch.Tensor      # [T] π_old log-prob of every target token
+    adv: torch.Tensor      # [T] its advantage (with a critic: the return R, until V is subtracted)
+    weight: torch.Tensor   # [T] 1 / (L_resp * n_resp): a response's weights sum to 1 / n_resp
+    offsets: torch.Tensor  # [R + 1] (CPU)
+
+    def __len__(self):
+        return self.prompt.shape[0]
+
+    def layout(self, idx):
+        """(prompt, clean, noisy, target) of rows idx: row_logprobs' and row_values' inputs."""
+        return self.prompt[idx], self.clean[idx], self.noisy[idx], self.target[idx]
+
+    def tokens(self, idx):
+        """Indices into the flat per-token tensors of rows idx, in row-major order."""
+        return torch.cat([torch.arange(self.offsets[r], self.offsets[r + 1]) for r in idx.tolist()])
+
+
+def pick_responses(ro, adv, a, critic=None):
+    """Indices of the responses that get trace rows."""
     if critic is None:
         # Only responses with a non-zero advantage can move the loss (ρ = 1 makes the
         # k3 gradient 0 on the first update), so the others are not built at all.
-        resp = (adv != 0).nonzero().squeeze(1).tolist()
-    else:
-        # With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
-        # every response of a group inside --acc-band is used.
-        acc = ro["reward"].mean(1)
-        in_band = (acc >= a.acc_band[0]) & (acc <= a.acc_band[1])
-        resp = in_band.repeat_interleave(a.k).nonzero().squeeze(1).tolist()
+        return (adv != 0).nonzero().squeeze(1).tolist()
+    # With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
+    # every response of a group inside --acc-band is used.
+    acc = ro["reward"].mean(1)
+    in_band = (acc >= a.acc_band[0]) & (acc <= a.acc_band[1])
+    return in_band.repeat_interleave(a.k).nonzero().squeeze(1).tolist()
+
+
+def build_rows(ro, resp, per_response, n_resp: int, a, dev):
+    """Cut the traces of responses `resp` into trace rows (trace_rows), with the sampler's
+    recorded log-probs as π_old and per_response[i] (advantage or return) on every target
+    token of response i. n_resp is the global response count that normalises the loss.
+    None if there is no row."""
+    rows = []  # (prompt, clean, noisy, target, old, adv, weight) per row
+    for i in resp:
+        # 1/L_resp with L_resp = every token the sampler committed for this response
+        # (tokens committed after the first eos are actions too), so a response's
+        # weights sum to 1 / n_resp.
+        w = 1.0 / (float((ro["fwd"][i] >= 0).sum()) * n_resp)
+        for noisy, tgt in trace_rows(ro["fwd"][i], a.rollout_block_size, a.shrink):
+            n_t = int(tgt.sum())
+            rows.append((ro["prompts"][i], ro["tokens"][i], noisy, tgt, ro["logp"][i][tgt],
+                         torch.full((n_t,), float(per_response[i])), torch.full((n_t,), w)))
+    if not rows:
+        return None
+    cols = list(zip(*rows))
+    prompt, clean, noisy, target = (torch.stack(c).to(dev) for c in cols[:4])
+    old, adv, weight = (torch.cat(c).to(dev) for c in cols[4:])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), target.sum(1).cpu().cumsum(0)])
+    return TraceRows(prompt, clean, noisy, target, old, adv, weight, offsets)
+
+
+def rl_update(model, opt, ro, a, gen, critic=None):
+    """Advantages -> trace rows -> PPO-clip update, for this rank's rollouts `ro`. Every
+    count that normalises the loss is global (summed over ranks), so the summed gradients
+    equal one process's on all the rollouts (with --updates 1; tests/test_ddp.py).
+
+    With the default --updates 1 there is one optimiser step per RL step, taken at the
+    weights that sampled, so ρ = π_θ / π_old = 1 throughout: the clip never engages and
+    the k3 KL and its gradient are 0. The default is therefore plain group-normalised
+    policy gradient, −Σ w·A·∇log π. --updates U > 1 splits the rows into U chunks, one
+    optimiser step each; from the second step on ρ ≠ 1, and PPO's clip and the KL
+    penalty keep the later steps near the policy that sampled."""
+    dev = next(model.parameters()).device
+    adv, kept = group_advantages(ro["reward"], a.acc_band)
+    adv = adv.view(-1)
+    resp = pick_responses(ro, adv, a, critic)
     g = dist.all_reduce_sum(torch.tensor([ro["reward"].sum(), ro["reward"].numel(), kept.sum(), len(resp),
                                           ro["n_gen"].sum(), ro["nfe"].sum()], dtype=torch.float64))
     n_resp = int(g[3])  # over all ranks: the loss is the mean over every rank's responses
-    ret = ro["reward"].view(-1)
-    R_prompt, R_clean, R_noisy, R_tgt, R_old, R_adv, R_w = [], [], [], [], [], [], []
-    for i in resp:
-        for noisy, tgt in trace_rows(ro["step"][i], a.rollout_block_size, a.shrink):
-            R_prompt.append(ro["prompts"][i]); R_clean.append(ro["tokens"][i])
-            R_noisy.append(noisy); R_tgt.append(tgt)
-            R_old.append(ro["logp"][i][tgt])
-            n_t = int(tgt.sum())
-            # the group advantage, or the return R (the critic's value is subtracted below)
-            R_adv.append(torch.full((n_t,), float(adv[i] if critic is None else ret[i])))
-            # 1/L_resp with L_resp = every token the sampler committed for this response
-            # (tokens committed after the first eos are actions too), so a response's
-            # weights sum to 1 / n_resp.
-            R_w.append(torch.full((n_t,), 1.0 / (float((ro["step"][i] >= 0).sum()) * n_resp)))
-    n_rows = len(R_prompt)
+    # the group advantage, or the return R (the critic's value is subtracted below)
+    rows = build_rows(ro, resp, adv if critic is None else ro["reward"].view(-1), n_resp, a, dev)
+    n_rows = len(rows) if rows is not None else 0
     log = dict(reward=(g[0] / g[1]).item(), kept=int(g[2]), n_resp=n_resp,
                rows=int(dist.all_reduce_sum(n_rows)), tpf=(g[4] / g[5]).item(), loss=0.0, clip=0.0, kl=0.0)
     if critic is not None:
         log["vloss"] = 0.0
     if log["rows"] == 0:  # no rank has a row: no update anywhere
         return log
+    v_old = None
     if n_rows:
-        stack = lambda xs: torch.stack(xs).to(dev)
-        P_, C_, N_, T_ = stack(R_prompt), stack(R_clean), stack(R_noisy), stack(R_tgt)
-        # Per-row slices into the flat target arrays (row-major order, as row_logprobs).
-        offs = torch.cat([torch.zeros(1, dtype=torch.long), T_.sum(1).cpu().cumsum(0)])
-        old, adv_t, w_t = (torch.cat(x).to(dev) for x in (R_old, R_adv, R_w))
-        batches = [slice(j, j + a.micro_batch) for j in range(0, n_rows, a.micro_batch)]
         with torch.no_grad():
-            if a.rollout_block_size != a.block_size:  # warm-up: states differ, recompute π_old
-                old = torch.cat([row_logprobs(model, P_[j], C_[j], N_[j], T_[j], a.block_size) for j in batches])
+            if a.rollout_block_size != a.block_size or a.shrink > 1:
+                # The rows are not the sampler's states, so its recorded log-probs are not
+                # π_old of these rows: with rollouts at another block size (the warm-up) the
+                # layout differs, and with shrinkage a merged round masks tokens that were
+                # already committed when its later targets were sampled. π_old is then the
+                # same weights in the rows' own states, which keeps the first update on-policy.
+                rows.old = over_rows(row_logprobs, model, rows, a)
             if critic is not None:  # V_old of every target's state; A_t = R − V_old
                 critic.model.eval()
-                ret_t = adv_t
-                v_old = torch.cat([row_values(critic.model, P_[j], C_[j], N_[j], T_[j], a.block_size)
-                                   for j in batches])
-                adv_t = token_advantages(ret_t, v_old)
+                v_old = over_rows(row_values, critic.model, rows, a)
+    tot = optimise(model, opt, rows, v_old, a, gen, critic, dev)
+    tot = dist.all_reduce_sum(tot)
+    log.update(loss=tot[0].item(), clip=(tot[1] / log["rows"]).item(), kl=(tot[2] / log["rows"]).item())
+    if critic is not None:
+        log["vloss"] = tot[3].item()
+    return log
+
+
+def over_rows(fn, net, rows: TraceRows, a):
+    """fn (row_logprobs or row_values) of net on every row, micro-batch by micro-batch:
+    one value per target token, flat in row-major order."""
+    return torch.cat([fn(net, *rows.layout(slice(j, j + a.micro_batch)), a.block_size)
+                      for j in range(0, len(rows), a.micro_batch)])
+
+
+def optimise(model, opt, rows, v_old, a, gen, critic, dev):
+    """a.updates optimiser steps over this rank's trace rows (None: none here), shuffled and
+    split into equal chunks, micro-batches accumulating into each step. With a critic the
+    advantage is R − V_old and the value model takes a step alongside. Returns this rank's
+    [loss, clip * rows, kl * rows, value loss] (float64) for the caller to all-reduce."""
+    n_rows = len(rows) if rows is not None else 0
+    if critic is not None and n_rows:
+        ret = rows.adv  # with a critic the rows carry the return R
+        adv = token_advantages(ret, v_old)
+    elif n_rows:
+        adv = rows.adv
     model.train()
     if critic is not None:
         critic.model.train()
     perm = torch.randperm(n_rows, generator=gen, device=dev).cpu()
-    tot = torch.zeros(4, dtype=torch.float64)  # loss, clip * rows, kl * rows, value loss
+    tot = torch.zeros(4, dtype=torch.float64)
     # Every rank takes a.updates optimiser steps (some chunks may be empty on some ranks),
     # so the ranks' all-reduces and steps line up.
     for chunk in torch.tensor_split(perm, a.updates):
@@ -222,17 +295,20 @@ def rl_update(model, opt, ro, a, gen, critic=None):
             critic.opt.zero_grad(set_to_none=True)
         for j in range(0, len(chunk), a.micro_batch):
             mb = chunk[j:j + a.micro_batch]
-            tok = torch.cat([torch.arange(offs[r], offs[r + 1]) for r in mb.tolist()]).to(dev)
-            mbd = mb.to(dev)
-            w = w_t[tok] * a.updates
-            new = row_logprobs(model, P_[mbd], C_[mbd], N_[mbd], T_[mbd], a.block_size)
-            loss, clip, kl = policy_loss(new, old[tok], adv_t[tok], w, a.clip_eps, a.kl_beta)
+            tok = rows.tokens(mb).to(dev)
+            layout = rows.layout(mb.to(dev))
+            # A chunk holds ~1/updates of the rows, so its weights sum to ~1/updates of
+            # one response-mean; scaling by `updates` makes each optimiser step see a
+            # full-size loss (the same gradient scale as --updates 1).
+            w = rows.weight[tok] * a.updates
+            new = row_logprobs(model, *layout, a.block_size)
+            loss, clip, kl = policy_loss(new, rows.old[tok], adv[tok], w, a.clip_eps, a.kl_beta)
             loss.backward()
             tot += torch.tensor([loss.item() / a.updates, clip.item() * len(mb), kl.item() * len(mb), 0.0],
                                 dtype=torch.float64)
             if critic is not None:
-                v = row_values(critic.model, P_[mbd], C_[mbd], N_[mbd], T_[mbd], a.block_size)
-                vl = value_loss(v, v_old[tok], ret_t[tok], w, critic.clip)
+                v = row_values(critic.model, *layout, a.block_size)
+                vl = value_loss(v, v_old[tok], ret[tok], w, critic.clip)
                 vl.backward()
                 tot[3] += vl.item() / a.updates
         dist.all_reduce_grads(model)
@@ -250,14 +326,10 @@ def rl_update(model, opt, ro, a, gen, critic=None):
     model.eval()
     if critic is not None:
         critic.model.eval()
-    tot = dist.all_reduce_sum(tot)
-    log.update(loss=tot[0].item(), clip=(tot[1] / log["rows"]).item(), kl=(tot[2] / log["rows"]).item())
-    if critic is not None:
-        log["vloss"] = tot[3].item()
-    return log
+    return tot
 
 
-def run_tracerl(model, rows, a, name="rl", seed=0):
+def run_tracerl(model, problems, a, name="rl", seed=0):
     """A TraceRL stage: up to a.steps RL steps, stopping early once the mean rollout
     reward of the last 5 steps reaches a.target_reward (0 = never). Returns history."""
     dev = next(model.parameters()).device
@@ -266,11 +338,11 @@ def run_tracerl(model, rows, a, name="rl", seed=0):
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
     critic = Critic(model, a.value_lr, a.value_clip) if getattr(a, "value_model", False) else None
     hist = []
-    for step in range(a.steps):
-        log = rl_step(model, opt, rows, a, gen, critic)
+    for i in range(a.steps):
+        log = rl_step(model, opt, problems, a, gen, critic)
         hist.append(log)
         vloss = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
-        print(f"{name} step {step + 1:3d}/{a.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
+        print(f"{name} step {i + 1:3d}/{a.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
               f"{log['prompts']} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
               f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | "
               f"{log['secs']:.1f}s", flush=True)

@@ -7,7 +7,7 @@
     torchrun --nproc_per_node 2 train.py --out runs/ddp   # data parallel (dist.py), same global batch
 
 AR pre-training is next-token loss on question+answer with the prompt's loss masked.
-Block SFT (DESIGN §5) masks each answer token with probability t ~ U[0.1, 1] per sequence
+Block SFT (docs/design.md §4) masks each answer token with probability t ~ U[0.1, 1] per sequence
 (at least one), and trains CE on the masked positions in the [prompt | clean | noisy]
 layout (model.py), which trains every block in one forward with the context inference
 has. We use the unweighted loss (dLLM-RL's SFT), not SDAR/BD3-LM's 1/t weighting: the
@@ -15,8 +15,8 @@ weight blows up lightly-masked sequences, and our t reaches 1 so fully masked bl
 the state every block starts from at inference, are well covered.
 
 Our addition (not the paper's): random block offsets. Each SFT batch shifts the block
-grid by a random 0..B-1, so no answer position is always a block start. DESIGN §11
-found that without it a B=4 model is never right at B=8 (block starts never saw masked
+grid by a random 0..B-1, so no answer position is always a block start. We found
+(docs/design.md §4) that without it a B=4 model is never right at B=8 (block starts never saw masked
 predecessors), which leaves RL at B=8 no reward to learn from. `--no-block-offsets`
 turns it off.
 """

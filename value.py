@@ -1,4 +1,4 @@
-"""The diffusion value model: TraceRL's optional critic (DESIGN §7, `tracerl.py --value-model`).
+"""The diffusion value model: TraceRL's optional critic (docs/design.md §7, `tracerl.py --value-model`).
 
     python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --steps 40 --value-model --out runs/x/rl8v.pt
     python -m pytest -q tests/test_value.py

@@ -12,7 +12,7 @@ Decoding table, one row per (path, block size, rule, batch):
   * compiled: the static-shape sampler, torch.compile'd (fast_sample.generate_fast); with
     --fast-eager also its uncompiled twin, which separates "static shapes" from "compiled".
 Columns: tok/s = generated tokens (up to and including eos) / wall time; TPF = those tokens
-/ the forwards each row took part in (the fused KV-commit forward counted, DESIGN §6);
+/ the forwards each row took part in (the fused KV-commit forward counted, docs/design.md §5);
 fwd = batch forwards per call; ms/fwd = wall time / batch forwards; vs AR = tok/s over the
 AR row's at the same batch; floor = the least time such a forward could take on paper:
 weight bytes / memory bandwidth and matmul FLOPs / peak, from --mem-bw-gbs and
@@ -104,24 +104,24 @@ def cat_outputs(outs):
     return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
 
-def block_forwards(step, P, block_size, N):
-    """block_forwards_1 summed over the batches of N rows that step [n, A] came from."""
+def block_forwards(trace, P, block_size, N):
+    """block_forwards_1 summed over the batches of N rows that trace [n, A] came from."""
     fwd = tok = 0
-    for i in range(0, step.shape[0], N):
-        f, t = block_forwards_1(step[i:i + N], P, block_size)
+    for i in range(0, trace.shape[0], N):
+        f, t = block_forwards_1(trace[i:i + N], P, block_size)
         fwd, tok = fwd + f, tok + t
     return fwd, tok
 
 
-def block_forwards_1(step, P, block_size):
+def block_forwards_1(trace, P, block_size):
     """(batch forwards, query tokens over all of them) of a lockstep block decode, read
-    off the step map: inside a block a row commits at least once per forward it takes, so
-    it took (last - first step + 1) forwards there, and the batch ran the most of any row.
+    off the trace: inside a block a row commits at least once per forward it takes, so
+    it took (last - first forward index + 1) forwards there, and the batch ran the most of any row.
     The first forward of block b also carries the pending tokens (prompt or block b-1)."""
-    A = step.shape[1]
+    A = trace.shape[1]
     fwd = tok = 0
     for b, s in enumerate(range(0, A, block_size)):
-        blk = step[:, s:s + block_size]
+        blk = trace[:, s:s + block_size]
         rows = (blk >= 0).any(1)
         if not rows.any():
             break
@@ -172,7 +172,7 @@ def decode_rows(model, prompts, a, dev, label):
                 results = race([f for _, f in paths], dev, a, [k not in warmed for k in keys])
                 warmed.update(keys)
                 for (name, _), (t, o) in zip(paths, results):
-                    fwd, tok = block_forwards(o["step"], P, B, N)
+                    fwd, tok = block_forwards(o["fwd"], P, B, N)
                     table.append(row(model, label, name, B, rule, N, t, o, fwd, tok / fwd, ar_tps, a))
                 print(f"  measured B={B} {rule} batch {N}", file=sys.stderr, flush=True)
     return table

@@ -8,7 +8,7 @@ answer is one operation per step, then `#### N`, exactly like GSM8K's answer fie
     question: 23+4*6-9
     answer:   4*6=24 23+24=47 47-9=38 #### 38
 
-Nothing is downloaded (DESIGN §3): the generator is deterministic given its seed, and
+Nothing is downloaded (docs/design.md §2): the generator is deterministic given its seed, and
 the test split is drawn from its own seed stream and removed from the training pool, so
 the two never share a question. A user's own GSM8K-style JSONL goes through the same
 `read_jsonl`, and a malformed line fails with the file, the line number and the reason.
@@ -38,7 +38,7 @@ class Level:
     p_words: float     # chance of a one-line word template around the expression
 
 
-# Level 2 is the default: DESIGN §11 measured that 3-4 operands up to 30 leave a small
+# Level 2 is the default (docs/design.md §2): 3-4 operands up to 30 leave a small
 # CPU model near 1 %, while 2-3 operands up to 20 with one-digit multipliers are
 # learnable in minutes yet still below 100 % after AR + SFT.
 LEVELS = {
@@ -182,7 +182,7 @@ def prompt_text(question: str) -> str:
 
 def encode_prompts(questions, prompt_len: int) -> torch.Tensor:
     """Left-pad every prompt to prompt_len so all answers start at one position and the
-    block grid lines up across the batch (DESIGN §4)."""
+    block grid lines up across the batch (docs/design.md §2)."""
     tok = get_tokenizer()
     out = torch.full((len(questions), prompt_len), PAD_ID, dtype=torch.long)
     for i, q in enumerate(questions):

@@ -1,4 +1,5 @@
 """curriculum.py: stage parsing, CLI errors, a tiny end-to-end run, resume, settings check."""
+import hashlib
 import json
 import os
 import subprocess
@@ -123,6 +124,33 @@ def test_resume_rebuilds_only_the_missing_stage(tiny_run):
     assert n_rows == 20 and set(rows_after) == set(rows_before)
     for k, r in rows_after.items():  # same seeds, same model: the same numbers
         assert (r["accuracy"], r["tpf"]) == (rows_before[k]["accuracy"], rows_before[k]["tpf"]), k
+
+
+def test_resume_rebuilds_every_descendant_of_a_missing_stage(tiny_run):
+    """Each checkpoint records its parent's sha256: delete tstar4 and its rebuild (new bytes)
+    makes tstar8, trained from the old tstar4, stale, so it is rebuilt as well; direct8 and
+    norl8 hang off sft4 and are kept."""
+    out, _ = tiny_run
+    before = _mtimes(out)
+    os.remove(os.path.join(out, "tstar4.pt"))
+    p = curriculum(*TINY, "--out", out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    after = _mtimes(out)
+    assert set(after) == set(before)
+    for f in before:
+        rebuilt = f in ("tstar4.pt", "tstar8.pt")
+        assert (after[f] != before[f]) == rebuilt, f
+    assert "tstar4 step" in p.stdout and "tstar8 step" in p.stdout
+    assert "tstar8: its parent tstar4 has changed" in p.stdout
+    assert "direct8 step" not in p.stdout and "norl8 step" not in p.stdout
+    evals = {l.split()[1] for l in p.stdout.splitlines() if l.startswith("eval ")}
+    assert evals == {"tstar4", "tstar8"}
+    for child, parent in (("sft4", "ar"), ("tstar4", "sft4"), ("tstar8", "tstar4"), ("direct8", "sft4"),
+                          ("norl8", "sft4")):
+        with open(os.path.join(out, f"{child}.pt.json")) as f:
+            recorded = json.load(f)["parent_sha256"]
+        with open(os.path.join(out, f"{parent}.pt"), "rb") as f:
+            assert recorded == hashlib.sha256(f.read()).hexdigest(), child
 
 
 def test_resume_with_other_settings_fails_in_one_line(tiny_run):

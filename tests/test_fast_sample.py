@@ -16,7 +16,7 @@ from sample import generate
 # inductor's C++ wrapper imports a deprecated torch.jit helper; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
 
-EXACT = ("tokens", "step", "n_gen", "nfe", "finished")
+EXACT = ("tokens", "fwd", "n_gen", "nfe", "finished")
 CASES = [  # (rule, threshold, temperature, steps)
     ("dynamic", 0.9, 0.0, None),   # greedy dynamic
     ("static", 0.9, 0.0, None),    # greedy static, one token per step
@@ -80,7 +80,7 @@ def test_rows_that_finish_early_do_not_shift_the_random_stream(tiny32, prompts, 
     path keeps them, so it must draw exactly as many. Needs a batch where some rows stop
     blocks before others: check that this seed gives one, then that all still agree."""
     ref, out = _run_both(tiny32, prompts, 4, "dynamic", 0.3, 1.0, None, compile, seed=3)
-    last_block = ref["step"].clamp_min(0).argmax(1) // 4
+    last_block = ref["fwd"].clamp_min(0).argmax(1) // 4
     assert ref["finished"].any() and last_block.unique().numel() > 1
     _assert_same(ref, out)
 

@@ -9,20 +9,20 @@ from tracerl import row_logprobs, trace_rows
 
 
 def _check_trace(out, block_size, A):
-    toks, step, n_gen = out["tokens"], out["step"], out["n_gen"]
+    toks, fwd, n_gen = out["tokens"], out["fwd"], out["n_gen"]
     assert not (toks == MASK_ID).any()
     for i in range(toks.shape[0]):
         n = int(n_gen[i])
-        assert (step[i, :n] >= 0).all()
-        assert (toks[i][step[i] < 0] == EOS_ID).all()
+        assert (fwd[i, :n] >= 0).all()
+        assert (toks[i][fwd[i] < 0] == EOS_ID).all()
         if out["finished"][i]:
             assert toks[i, n - 1] == EOS_ID and not (toks[i, :n - 1] == EOS_ID).any()
-        # blocks are decoded left to right: every step of block k precedes block k+1
+        # blocks are decoded left to right: every fwd of block k precedes block k+1
         for s in range(block_size, n, block_size):
-            assert step[i, :s].max() < step[i, s:][step[i, s:] >= 0].min()
-        # one forward per distinct step, and steps are forward indices 0..nfe-1
-        assert int(step[i].max()) < int(out["nfe"][i])
-        assert len(set(step[i][step[i] >= 0].tolist())) <= int(out["nfe"][i])
+            assert fwd[i, :s].max() < fwd[i, s:][fwd[i, s:] >= 0].min()
+        # one forward per distinct fwd, and steps are forward indices 0..nfe-1
+        assert int(fwd[i].max()) < int(out["nfe"][i])
+        assert len(set(fwd[i][fwd[i] >= 0].tolist())) <= int(out["nfe"][i])
 
 
 @pytest.mark.parametrize("rule", ["dynamic", "static", "ltr"])
@@ -34,7 +34,7 @@ def test_every_mask_filled_and_trace_consistent(tiny_model, prompts, tiny_cfg, r
     if rule != "dynamic":  # one token per step with steps = block size: distinct steps
         for i in range(prompts.shape[0]):
             n = int(out["n_gen"][i])
-            dec = out["step"][i][out["step"][i] >= 0].tolist()
+            dec = out["fwd"][i][out["fwd"][i] >= 0].tolist()
             assert len(set(dec)) == len(dec) >= n
 
 
@@ -42,14 +42,14 @@ def test_ltr_commits_left_to_right(tiny_model, prompts):
     out = generate(tiny_model, prompts, 8, "ltr")
     for i in range(prompts.shape[0]):
         n = int(out["n_gen"][i])
-        assert out["step"][i, :n].tolist() == list(range(n))
+        assert out["fwd"][i, :n].tolist() == list(range(n))
 
 
 def test_same_seed_same_samples(tiny_model, prompts):
     run = lambda seed: generate(tiny_model, prompts, 8, "dynamic", 0.5, temperature=1.0,
                                 generator=torch.Generator().manual_seed(seed))
     a, b, c = run(3), run(3), run(4)
-    assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["step"], b["step"])
+    assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["fwd"], b["fwd"])
     assert torch.equal(a["logp"], b["logp"])
     assert not torch.equal(a["tokens"], c["tokens"])
 
@@ -60,10 +60,10 @@ def test_recorded_logprobs_equal_training_layout(tiny_model, prompts, block_size
     out = generate(tiny_model, prompts, block_size, "dynamic", 0.3, temperature=temperature, generator=g)
     n_checked = 0
     for i in range(prompts.shape[0]):
-        rows = trace_rows(out["step"][i], block_size)
+        rows = trace_rows(out["fwd"][i], block_size)
         # every decoded token is the target of exactly one round
         hits = torch.stack([t for _, t in rows]).sum(0)
-        dec = out["step"][i] >= 0
+        dec = out["fwd"][i] >= 0
         assert (hits[dec] == 1).all() and (hits[~dec] == 0).all()
         for r, (noisy, tgt) in enumerate(rows):
             lp = row_logprobs(tiny_model, prompts[i:i + 1], out["tokens"][i:i + 1], noisy[None], tgt[None],

@@ -16,7 +16,7 @@ def test_derived_schedule_covers_every_position_once(tiny_model, prompts):
     for B in (4, 8, 16):
         out = generate(tiny_model, prompts, B, "dynamic", 0.3, temperature=1.0,
                        generator=torch.Generator().manual_seed(0))
-        S = derive_schedule(out["step"], B)
+        S = derive_schedule(out["fwd"], B)
         flat = sorted(p for group in S for p in group)
         assert flat == list(range(B)) and all(S)
 
@@ -26,21 +26,21 @@ def test_replaying_a_deterministic_trace_reproduces_it(tiny_model, prompts):
     same schedule, and replaying it gives the same tokens and the same step map."""
     S = [[5, 2], [0, 7, 3], [1], [4, 6]]
     first = generate(tiny_model, prompts, 8, "schedule", schedule=S)
-    assert derive_schedule(first["step"], 8) == [sorted(g) for g in S]
-    again = generate(tiny_model, prompts, 8, "schedule", schedule=derive_schedule(first["step"], 8))
-    assert torch.equal(first["tokens"], again["tokens"]) and torch.equal(first["step"], again["step"])
+    assert derive_schedule(first["fwd"], 8) == [sorted(g) for g in S]
+    again = generate(tiny_model, prompts, 8, "schedule", schedule=derive_schedule(first["fwd"], 8))
+    assert torch.equal(first["tokens"], again["tokens"]) and torch.equal(first["fwd"], again["fwd"])
     # and the schedule really was followed: position 5 committed before position 0
-    full = (first["step"][:, :8] >= 0).all(1)
-    assert (first["step"][full, 5] < first["step"][full, 0]).all()
+    full = (first["fwd"][:, :8] >= 0).all(1)
+    assert (first["fwd"][full, 5] < first["fwd"][full, 0]).all()
 
 
 def test_left_to_right_schedule_equals_ltr_rule(tiny_model, prompts):
     S = [[p] for p in range(8)]
     a = generate(tiny_model, prompts, 8, "schedule", schedule=S)
     b = generate(tiny_model, prompts, 8, "ltr")
-    for k in ("tokens", "step", "nfe", "n_gen"):
+    for k in ("tokens", "fwd", "nfe", "n_gen"):
         assert torch.equal(a[k], b[k]), k
-    assert schedule_stats(a["step"], 8)["left_to_right"] == 1.0
+    assert schedule_stats(a["fwd"], 8)["left_to_right"] == 1.0
 
 
 def test_show_prints_every_block(tmp_path, tiny_model):

@@ -11,12 +11,12 @@ from data.task import encode_prompts, make_splits
 from data.tokenizer import decode
 from eval_math import is_correct
 from model import GPTConfig
-from sample import generate
+from sample import commit_ranks, generate
 from tracerl import (add_rl_args, group_advantages, policy_loss, rl_step, row_logprobs,
-                     run_tracerl, step_ranks, trace_rows)
+                     round_ranks, run_tracerl, trace_rows)
 from train import run_ar, run_sft
 
-BIG = 10 ** 6  # step_ranks' rank of a never-decoded position
+BIG = 10 ** 6  # round_ranks' rank of a never-decoded position
 
 
 def _bits(s):
@@ -25,24 +25,43 @@ def _bits(s):
 
 # ----------------------------------------------------------------------------- trace -> rows
 
-# block size 4: block 0 commits pos 0 at step 0, pos 2,3 at step 1, pos 1 at step 2;
-# block 1 commits pos 4,5 at step 3, pos 7 at step 4, pos 6 at step 5; block 2 never decoded
-STEP = torch.tensor([0, 2, 1, 1, 3, 3, 5, 4, -1, -1, -1, -1])
+# block size 4: block 0 commits pos 0 at forward 0, pos 2,3 at forward 1, pos 1 at forward 2;
+# block 1 commits pos 4,5 at forward 3, pos 7 at forward 4, pos 6 at forward 5; block 2 never decoded
+FWD = torch.tensor([0, 2, 1, 1, 3, 3, 5, 4, -1, -1, -1, -1])
 
 
-def test_step_ranks_by_hand():
-    assert step_ranks(STEP, 4).tolist() == [0, 2, 1, 1, 0, 0, 2, 1, BIG, BIG, BIG, BIG]
+def test_round_ranks_by_hand():
+    assert round_ranks(FWD, 4).tolist() == [0, 2, 1, 1, 0, 0, 2, 1, BIG, BIG, BIG, BIG]
     # shrinkage 2 merges ranks {0,1} -> 0 and {2} -> 1 inside each block
-    assert step_ranks(STEP, 4, shrink=2).tolist() == [0, 1, 0, 0, 0, 0, 1, 0, BIG, BIG, BIG, BIG]
-    # step ids need not be contiguous; ranks are taken inside each block
-    assert step_ranks(torch.tensor([7, 3, 3, 9, 20, 11]), 3).tolist() == [1, 0, 0, 0, 2, 1]
+    assert round_ranks(FWD, 4, shrink=2).tolist() == [0, 1, 0, 0, 0, 0, 1, 0, BIG, BIG, BIG, BIG]
+    # forward indices need not be contiguous; ranks are taken inside each block
+    assert round_ranks(torch.tensor([7, 3, 3, 9, 20, 11]), 3).tolist() == [1, 0, 0, 0, 2, 1]
     # a block cut short by eos (trailing -1) and shrink 3 over 8 one-token steps
-    assert step_ranks(torch.tensor([4, 5, -1, -1]), 4).tolist() == [0, 1, BIG, BIG]
-    assert step_ranks(torch.arange(8), 8, shrink=3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert round_ranks(torch.tensor([4, 5, -1, -1]), 4).tolist() == [0, 1, BIG, BIG]
+    assert round_ranks(torch.arange(8), 8, shrink=3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+
+
+def test_commit_ranks_matches_a_per_block_reference():
+    """sample.commit_ranks (vectorised, any leading shape, A not a multiple of B) against
+    the plain definition: the index of a position's forward among its block's sorted
+    distinct forwards."""
+    g = torch.Generator().manual_seed(0)
+    fwd = torch.randint(-1, 6, (5, 11), generator=g)
+    for B in (1, 3, 4, 11):
+        got = commit_ranks(fwd, B)
+        assert got.shape == fwd.shape
+        for n in range(5):
+            for s in range(0, 11, B):
+                blk = fwd[n, s:s + B]
+                dec = blk >= 0
+                want = torch.full_like(blk, -1)
+                want[dec] = torch.searchsorted(torch.unique(blk[dec]), blk[dec])
+                assert torch.equal(got[n, s:s + B], want), (B, n, s)
+    assert torch.equal(commit_ranks(FWD, 4), round_ranks(FWD, 4).masked_fill(FWD < 0, -1))
 
 
 def test_trace_rows_by_hand():
-    rows = trace_rows(STEP, 4)
+    rows = trace_rows(FWD, 4)
     want = [  # (noisy mask, targets) per round, blocks separated by spaces
         ("1111 1111 1111", "1000 1100 0000"),
         ("0111 0011 1111", "0011 0001 0000"),
@@ -54,10 +73,10 @@ def test_trace_rows_by_hand():
 
 
 def test_trace_rows_shrink_2_by_hand():
-    rows = trace_rows(STEP, 4, shrink=2)
+    rows = trace_rows(FWD, 4, shrink=2)
     want = [
         ("1111 1111 1111", "1011 1101 0000"),  # steps 0+1 of block 0, 3+4 of block 1
-        ("0100 0010 1111", "0100 0010 0000"),  # step 2 of block 0, step 5 of block 1
+        ("0100 0010 1111", "0100 0010 0000"),  # forward 2 of block 0, forward 5 of block 1
     ]
     assert len(rows) == 2
     for (noisy, tgt), (wn, wt) in zip(rows, want):
@@ -66,7 +85,7 @@ def test_trace_rows_shrink_2_by_hand():
 
 def test_trace_rows_every_decoded_token_targeted_once_and_empty_trace():
     for shrink in (1, 2, 3):
-        rows = trace_rows(STEP, 4, shrink)
+        rows = trace_rows(FWD, 4, shrink)
         hits = torch.stack([t for _, t in rows]).sum(0)
         assert hits.tolist() == [1] * 8 + [0] * 4
         for noisy, tgt in rows:
@@ -170,8 +189,8 @@ def test_positive_advantage_update_raises_row_logprob(tiny_model, prompts, tiny_
     torch.manual_seed(0)
     A = tiny_cfg.answer_len
     clean = torch.randint(0, 256, (1, A))
-    step = torch.arange(A)  # one token per step, left to right
-    noisy, tgt = trace_rows(step, 8)[2]  # round 2: position 2 of every block targeted
+    fwd = torch.arange(A)  # one token per forward, left to right
+    noisy, tgt = trace_rows(fwd, 8)[2]  # round 2: position 2 of every block targeted
     noisy, tgt = noisy[None], tgt[None]
     for sign in (+1.0, -1.0):
         m = copy.deepcopy(tiny_model)
@@ -200,16 +219,19 @@ def rl_args(**kw):
     return a
 
 
-@pytest.mark.parametrize("rollout_block_size", [8, 4])
-def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows, rollout_block_size):
+@pytest.mark.parametrize("rollout_block_size,shrink", [(8, 1), (4, 1), (8, 2)])
+def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows, rollout_block_size, shrink):
     """π_old matches the training-layout recomputation, so the first (single) update sees
-    ρ = 1: no clipping and zero KL. With rollouts at another block size (the warm-up) this
-    only holds because π_old is recomputed in the training layout."""
+    ρ = 1: no clipping and zero KL. With rollouts at another block size (the warm-up), or
+    with shrinkage (a merged round masks tokens the sampler saw committed), this only holds
+    because π_old is recomputed in the training layout: with the recorded log-probs, shrink 2
+    gave clip 0.012 and KL 0.00126 here."""
     # An untrained model never earns the real reward; grade on answer length parity
     # instead so groups have variance and rows get built.
     monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
-    a = rl_args(n_prompts=3, k=4, lr=1e-3, rollout_block_size=rollout_block_size, micro_batch=7)
+    a = rl_args(n_prompts=3, k=4, lr=1e-3, rollout_block_size=rollout_block_size, micro_batch=7,
+                shrink=shrink)
     # the same rollouts rl_step will draw (same generator seed, same weights)
     ro = tracerl.rollout(m, level1_rows, a.n_prompts, a.k, rollout_block_size, a.threshold,
                          torch.Generator().manual_seed(0))
@@ -224,7 +246,7 @@ def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows,
     assert any(not torch.equal(p, q) for p, q in zip(before, m.parameters()))
     # rho = 1 and k3 = 0, so the loss is -sum_i adv_i * (tokens targeted / L_i) / n_resp with L_i
     # = every token the sampler decoded (targets include any after the eos): 1/n_resp each.
-    n_dec = (ro["step"] >= 0).sum(1)
+    n_dec = (ro["fwd"] >= 0).sum(1)
     want = -(adv * n_dec / n_dec.clamp_min(1)).sum().item() / n_resp
     assert log["loss"] == pytest.approx(want, abs=1e-5)
 

@@ -31,12 +31,12 @@ def random_critic(model):
 
 def test_advantage_is_reward_minus_value_of_the_state_the_token_was_decoded_from(tiny_model, prompts):
     P, A = tiny_model.cfg.prompt_len, tiny_model.cfg.answer_len
-    step = torch.tensor(HEAD + [-1] * (A - len(HEAD)))
+    fwd = torch.tensor(HEAD + [-1] * (A - len(HEAD)))
     torch.manual_seed(0)
     clean = torch.randint(0, 256, (A,))
     vm = random_critic(tiny_model)
     reward = 1.0
-    rows = trace_rows(step, B)
+    rows = trace_rows(fwd, B)
     noisy = torch.stack([n for n, _ in rows])
     tgt = torch.stack([t for _, t in rows])
     pr, cl = prompts[:1].expand(len(rows), -1), clean.expand(len(rows), -1)
@@ -99,12 +99,12 @@ def test_rl_update_with_critic_uses_reward_minus_value(tiny_model, prompts):
     # the expected numbers, from the rows this rollout gives
     want_loss = want_v = 0.0
     for i in range(3 * k):
-        rows = trace_rows(ro["step"][i], 8)
+        rows = trace_rows(ro["fwd"][i], 8)
         noisy = torch.stack([n for n, _ in rows])
         tgt = torch.stack([t for _, t in rows])
         v = row_values(critic.model, ro["prompts"][i:i + 1].expand(len(rows), -1),
                        ro["tokens"][i:i + 1].expand(len(rows), -1), noisy, tgt, 8).detach()
-        w = 1.0 / (int((ro["step"][i] >= 0).sum()) * 3 * k)
+        w = 1.0 / (int((ro["fwd"][i] >= 0).sum()) * 3 * k)
         R = float(ro["reward"].view(-1)[i])
         want_loss -= (w * (R - v)).sum().item()
         want_v += (w * 0.5 * (v - R) ** 2).sum().item()

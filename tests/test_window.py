@@ -64,10 +64,10 @@ def test_commit_distance_invariant(tiny_model, prompts, distance):
     g = torch.Generator().manual_seed(0)
     out = generate(tiny_model, prompts, B, "dynamic", 0.5, temperature=1.0, generator=g, distance=distance)
     A = out["tokens"].shape[1]
-    for step, n in zip(out["step"], out["n_gen"]):
-        assert (step[:n] >= 0).all()  # everything up to the eos was decoded
+    for fwd, n in zip(out["fwd"], out["n_gen"]):
+        assert (fwd[:n] >= 0).all()  # everything up to the eos was decoded
         for s in range(0, A, B):
-            blk = step[s:s + B]
+            blk = fwd[s:s + B]
             for t in blk[blk >= 0].unique():
                 frontier = int(((blk < 0) | (blk >= t)).nonzero().min())  # leftmost still masked
                 where = (blk == t).nonzero().squeeze(1)
@@ -92,7 +92,7 @@ def test_recorded_logprobs_equal_rows_with_window_and_distance(tiny_model, promp
                    generator=torch.Generator().manual_seed(0), distance=distance)
     n_checked = 0
     for i in range(4):
-        for noisy, tgt in trace_rows(out["step"][i], B):
+        for noisy, tgt in trace_rows(out["fwd"][i], B):
             lp = row_logprobs(model, prompts[i:i + 1], out["tokens"][i:i + 1], noisy[None], tgt[None], B)
             assert torch.allclose(lp, out["logp"][i][tgt], atol=1e-6)
             n_checked += int(tgt.sum())

@@ -163,7 +163,7 @@ class TraceRows:
     noisy: torch.Tensor    # [R, A] bool: masked in this row's noisy copy
     target: torch.Tensor   # [R, A] bool: the tokens this row trains
     old: torch.Tensor      # [T] π_old log-prob of every target token
-    adv: torch.Tensor      # [T] its advantage (with a critic: the return R, until V is subtracted)
+    adv: torch.Tensor      # [T] its advantage (with a critic: built as the return R, then R − V_old)
     weight: torch.Tensor   # [T] 1 / (L_resp * n_resp): a response's weights sum to 1 / n_resp
     offsets: torch.Tensor  # [R + 1] (CPU)
 
@@ -243,7 +243,7 @@ def rl_update(model, opt, ro, a, gen, critic=None):
         log["vloss"] = 0.0
     if log["rows"] == 0:  # no rank has a row: no update anywhere
         return log
-    v_old = None
+    v_old = ret = None
     if n_rows:
         with torch.no_grad():
             if a.rollout_block_size != a.block_size or a.shrink > 1:
@@ -256,7 +256,8 @@ def rl_update(model, opt, ro, a, gen, critic=None):
             if critic is not None:  # V_old of every target's state; A_t = R − V_old
                 critic.model.eval()
                 v_old = over_rows(row_values, critic.model, rows, a)
-    tot = optimise(model, opt, rows, v_old, a, gen, critic, dev)
+                ret, rows.adv = rows.adv, token_advantages(rows.adv, v_old)
+    tot = optimise(model, opt, rows, a, gen, dev, critic, v_old, ret)
     tot = dist.all_reduce_sum(tot)
     log.update(loss=tot[0].item(), clip=(tot[1] / log["rows"]).item(), kl=(tot[2] / log["rows"]).item())
     if critic is not None:
@@ -271,17 +272,12 @@ def over_rows(fn, net, rows: TraceRows, a):
                       for j in range(0, len(rows), a.micro_batch)])
 
 
-def optimise(model, opt, rows, v_old, a, gen, critic, dev):
+def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
     """a.updates optimiser steps over this rank's trace rows (None: none here), shuffled and
     split into equal chunks, micro-batches accumulating into each step. With a critic the
-    advantage is R − V_old and the value model takes a step alongside. Returns this rank's
+    value model (V_old, returns ret) takes a step alongside. Returns this rank's
     [loss, clip * rows, kl * rows, value loss] (float64) for the caller to all-reduce."""
     n_rows = len(rows) if rows is not None else 0
-    if critic is not None and n_rows:
-        ret = rows.adv  # with a critic the rows carry the return R
-        adv = token_advantages(ret, v_old)
-    elif n_rows:
-        adv = rows.adv
     model.train()
     if critic is not None:
         critic.model.train()
@@ -297,12 +293,12 @@ def optimise(model, opt, rows, v_old, a, gen, critic, dev):
             mb = chunk[j:j + a.micro_batch]
             tok = rows.tokens(mb).to(dev)
             layout = rows.layout(mb.to(dev))
-            # A chunk holds ~1/updates of the rows, so its weights sum to ~1/updates of
-            # one response-mean; scaling by `updates` makes each optimiser step see a
-            # full-size loss (the same gradient scale as --updates 1).
+            # All rows' weights sum to 1 (a mean over responses) and a chunk holds ~1/updates
+            # of the rows: scaling by `updates` gives every optimiser step a full-size loss,
+            # the gradient scale of --updates 1.
             w = rows.weight[tok] * a.updates
             new = row_logprobs(model, *layout, a.block_size)
-            loss, clip, kl = policy_loss(new, rows.old[tok], adv[tok], w, a.clip_eps, a.kl_beta)
+            loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, a.clip_eps, a.kl_beta)
             loss.backward()
             tot += torch.tensor([loss.item() / a.updates, clip.item() * len(mb), kl.item() * len(mb), 0.0],
                                 dtype=torch.float64)

@@ -15,41 +15,19 @@ the text), exact integer match; an answer that never produced <|eos|> is wrong.
 """
 import argparse
 import json
-import re
 import sys
 import time
 
 import torch
 
-from data.task import DataError, check_fit, encode_prompts, load_task, read_jsonl
+# Grading is the task's (it defines the '#### N' format); extract_answer is re-exported
+# from here so `from eval_math import extract_answer, is_correct` keeps working.
+from data.task import (DataError, check_fit, encode_prompts, extract_answer, is_correct,  # noqa: F401
+                       load_task, read_jsonl)
 from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device
 from sample import RULES, generate, generate_ar
 from schedule import schedule_grid, schedule_stats
-
-_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def extract_answer(text: str):
-    """The final answer as a string of digits (commas removed), or None."""
-    if "####" in text:
-        m = _NUM.search(text.rsplit("####", 1)[1])
-        if m:
-            return m.group().replace(",", "")
-    nums = _NUM.findall(text)
-    return nums[-1].replace(",", "") if nums else None
-
-
-def is_correct(response: str, gold_answer: str, finished: bool = True) -> bool:
-    if not finished:
-        return False
-    got, want = extract_answer(response), extract_answer(gold_answer)
-    if got is None or want is None:
-        return False
-    try:
-        return float(got) == float(want)
-    except ValueError:
-        return False
 
 
 @torch.no_grad()

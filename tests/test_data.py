@@ -194,7 +194,7 @@ def test_save_checkpoint_atomic_with_sidecar(tmp_path):
     assert sorted(os.listdir(tmp_path / "sub")) == ["m.pt", "m.pt.json"]  # no .tmp left
     side = json.load(open(path + ".json"))
     assert side["config"] == {"n_layer": 1, "n_head": 2, "n_embd": 16, "vocab_size": 259,
-                              "max_seq_len": 16, "prompt_len": 4, "dropout": 0.0}
+                              "max_seq_len": 16, "prompt_len": 4, "dropout": 0.0, "mask_window": 3}
     assert side["stage"] == "ar" and side["steps"] == 3
     m2, meta = load_checkpoint(path, expect=CFG)
     assert meta == side

@@ -1,24 +1,29 @@
-"""Grade a checkpoint on the math test split, and read its decoding schedule Ŝ.
+"""Grade a checkpoint on the math test split: accuracy and tokens per forward.
 
     python eval_math.py --ckpt runs/default/sft4.pt --block-size 4
-    python eval_math.py --ckpt runs/default/tstar16.pt --block-size 16 --rule static --schedule
+    python eval_math.py --ckpt runs/default/tstar16.pt --block-size 16 --rule static
+    python eval_math.py --ckpt runs/tstar/tstar8.pt --block-size 4,8,16 --sweep   # the frontier
     python eval_math.py --ckpt runs/mine/sft4.pt --test-jsonl my/test.jsonl   # your own GSM8K-style data
 
 One row per call: accuracy, tokens per forward (TPF, every forward counted), tokens/s,
-with block size, rule, device and seed. `--schedule` adds the Ŝ analysis (DESIGN §9)
-from the greedy traces: left-to-right fraction, within-block Kendall τ between position
-and commit step, tokens per step, an ASCII grid of commit steps for a few blocks, and the
-per-position accuracy/confidence table of a whole block decoded in one forward.
+with block size, rule, θ, commit distance, device and seed. `--sweep` decodes the
+checkpoint at every block size given, with the dynamic rule at several θ plus static and
+ltr, prints one row each and draws the accuracy-vs-TPF frontier (plots.py) next to the
+checkpoint: the curve, not one point of it, is what compares two checkpoints.
 
-Grading follows GSM8K: the number after the last '####' (fallback: the last number in
-the text), exact integer match; an answer that never produced <|eos|> is wrong.
+Decoding is greedy (temperature 0), so a row is a property of the weights and the rule,
+not of a sampling seed. Grading is the task's (data/task.py: the number after the last
+'####', exact match; an answer that never produced <|eos|> is wrong). The Ŝ analysis of
+the traces (order statistics, grids, replay) is schedule.py's, which builds on this file.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 # Grading is the task's (it defines the '#### N' format); extract_answer is re-exported
 # from here so `from eval_math import extract_answer, is_correct` keeps working.
@@ -27,7 +32,28 @@ from data.task import (DataError, check_fit, encode_prompts, extract_answer, is_
 from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device
 from sample import RULES, generate, generate_ar
-from schedule import schedule_grid, schedule_stats
+import plots
+
+# The frontier sweep's thresholds: from bold (0.5 commits nearly anything a step proposes)
+# to careful (0.99 commits little but the sure tokens); 0.9 is the default rule's. Four
+# keep the sweep affordable on a CPU: each is one more decode of the test split per
+# checkpoint and block size.
+SWEEP_THRESHOLDS = (0.5, 0.7, 0.9, 0.99)
+
+
+def sweep_jobs(thresholds=SWEEP_THRESHOLDS):
+    """(rule, θ) of every decode in a frontier sweep at one block size: dynamic at each θ,
+    then static and ltr one token per step (θ None: they do not read confidences), the
+    TPF ≈ 1 floor that shows what parallel commits cost."""
+    return [("dynamic", float(t)) for t in sorted(set(thresholds))] + [("static", None), ("ltr", None)]
+
+
+def parse_list(text: str, kind=float, what="--sweep-thresholds"):
+    """'0.5,0.7' -> [0.5, 0.7] (kind=int for block sizes); one-line ValueError otherwise."""
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
 @torch.no_grad()
@@ -64,7 +90,8 @@ def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: flo
 def main():
     ap = argparse.ArgumentParser(description="Evaluate a tstar checkpoint on the math test split.")
     ap.add_argument("--ckpt", required=True, help="checkpoint (.pt)")
-    ap.add_argument("--block-size", type=int, default=4, help="decode block size (0 = AR decoding)")
+    ap.add_argument("--block-size", default="4",
+                    help="decode block size (0 = AR decoding); with --sweep a list, e.g. 4,8,16")
     ap.add_argument("--rule", default="dynamic", choices=RULES, help="commit rule")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule confidence threshold")
     ap.add_argument("--steps", type=int, default=None, help="steps per block for static/ltr (default: block size)")
@@ -72,11 +99,23 @@ def main():
                     help="commit only masks fewer than D places right of the block's leftmost mask (0 = anywhere)")
     ap.add_argument("--test-jsonl", default=None, help="GSM8K-style test file (default: the generated test split)")
     ap.add_argument("--n", type=int, default=None, help="evaluate only the first N problems")
-    ap.add_argument("--schedule", action="store_true", help="also print the Ŝ schedule analysis")
-    ap.add_argument("--json", action="store_true", help="print the row as JSON")
+    ap.add_argument("--sweep", action="store_true",
+                    help="the frontier: dynamic at every --sweep-thresholds θ, static and ltr, at every "
+                         "--block-size; prints the rows and writes a frontier picture (--plot)")
+    ap.add_argument("--sweep-thresholds", default=",".join(map(str, SWEEP_THRESHOLDS)),
+                    help="θ values of the sweep, comma-separated")
+    ap.add_argument("--plot", default=None,
+                    help="frontier picture of --sweep (default: next to the checkpoint, NAME.frontier.png)")
+    ap.add_argument("--json", action="store_true", help="print the row (with --sweep: the rows) as JSON")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     a = ap.parse_args()
     try:
+        blocks = parse_list(a.block_size, int, "--block-size")
+        thresholds = parse_list(a.sweep_thresholds)
+        if len(blocks) != 1 and not a.sweep:
+            raise ValueError(f"--block-size takes one block size without --sweep, got {a.block_size!r}")
+        if a.sweep and (not thresholds or 0 in blocks):
+            raise ValueError("--sweep needs at least one θ and block sizes > 0 (AR has no rule to sweep)")
         dev = pick_device(a.device)
         model, meta = load_checkpoint(a.ckpt, dev)
         # the split the checkpoint was trained against (generated or the user's JSONL)
@@ -85,21 +124,40 @@ def main():
         rows = read_jsonl(a.test_jsonl) if a.test_jsonl else load_task(meta["task"])[1]
         rows = rows[:a.n] if a.n else rows
         check_fit(rows, model.cfg.prompt_len, model.cfg.answer_len, "test data", fixed=True)
-        r = evaluate(model, rows, a.block_size, a.rule, a.threshold, a.steps, distance=a.commit_distance)
-    except (CheckpointError, DataError) as e:
+        if a.sweep:
+            jobs = [(B, rule, t) for B in blocks for rule, t in sweep_jobs(thresholds)]
+        else:
+            jobs = [(blocks[0], a.rule, a.threshold)]
+        results = []
+        # a sweep is many decodes of the whole test split with nothing printed in between
+        for B, rule, t in tqdm(jobs, desc="sweep", unit="decode", disable=None if a.sweep else True):
+            steps = None if a.sweep else a.steps  # the sweep's static and ltr: one token per step
+            r = evaluate(model, rows, B, rule, a.threshold if t is None else t, steps, distance=a.commit_distance)
+            results.append({k: v for k, v in r.items() if k not in ("texts", "correct", "out")})
+    except (CheckpointError, DataError, ValueError) as e:
         sys.exit(f"error: {e}")
-    row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
     if a.json:
-        print(json.dumps(row))
-    else:
-        print(f"{a.ckpt}  B={a.block_size} rule={row['rule']}  acc {100 * row['accuracy']:.1f}%  "
+        print(json.dumps(results if a.sweep else results[0]))
+    elif not a.sweep:
+        row = results[0]
+        print(f"{a.ckpt}  B={row['block_size']} rule={row['rule']}  acc {100 * row['accuracy']:.1f}%  "
               f"TPF {row['tpf']:.2f}  {row['tokens_per_s']:.0f} tok/s  ({row['n']} problems, "
               f"{row['device']}, seed {row['seed']}, {row['seconds']:.1f}s)")
-    if a.schedule and a.block_size > 0:
-        st = schedule_stats(r["out"]["step"], a.block_size)
-        print(f"Ŝ: left-to-right {st['left_to_right']:.2f}  Kendall τ {st['kendall_tau']:.2f}  "
-              f"tokens/step {st['tokens_per_step']:.2f}")
-        print(schedule_grid(r["out"]["step"], r["out"]["tokens"], a.block_size))
+    else:
+        print(f"{a.ckpt}: {results[0]['n']} problems, greedy, {results[0]['device']}\n")
+        print("| B | rule | θ | accuracy | TPF | seconds |\n|---|---|---|---|---|---|")
+        for r in results:
+            print(f"| {r['block_size']} | {r['rule']} | {r['threshold'] if r['threshold'] is not None else '-'} "
+                  f"| {100 * r['accuracy']:.1f} % | {r['tpf']:.2f} | {r['seconds']:.1f} |")
+    if a.sweep:
+        name = os.path.basename(a.ckpt)[:-3] if a.ckpt.endswith(".pt") else os.path.basename(a.ckpt)
+        for r in results:  # the fields plots.py reads, as curriculum rows name them
+            r.update(method=name, decode_block=r["block_size"])
+        path = a.plot or (a.ckpt[:-3] if a.ckpt.endswith(".pt") else a.ckpt) + ".frontier.png"
+        done = plots.frontier(results, [name], blocks, path, title=f"{name}: accuracy vs tokens per forward")
+        print(f"frontier picture: {done}" if done else
+              f"{os.path.basename(path)} skipped (no matplotlib: pip install -r requirements-plots.txt)",
+              file=sys.stderr if a.json else sys.stdout)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ What runs, each step skipped when its checkpoint already exists (DESIGN §8):
   T*: TraceRL at every B in --stages, each from the previous stage (tstar{B}.pt) ->
   direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt) ->
   no-RL: the same ladder with block SFT instead of RL, as many updates per stage (norl{B}.pt) ->
-  evaluation of every checkpoint at every B (greedy; dynamic θ and static one-token-per-step)
-  and the Ŝ schedule statistics -> results.json, results.md, the table on stdout.
+  evaluation of every checkpoint at every B (greedy; dynamic θ and static one-token-per-step,
+  plus the frontier sweep: dynamic at several θ and ltr) and the Ŝ schedule statistics ->
+  results.json, results.md, the table on stdout, frontier.png, rewards.png (report.py).
 
 Reconstructed, not copied: the paper's body is not public to us. Its abstract fixes
 the idea (AR-initialised small-block MDM, TraceRL per block size, progressive growth);
@@ -57,6 +58,9 @@ PRESETS = {
 
 def parse_stages(text: str, answer_len: int):
     """'4,8,16' -> [4, 8, 16]; one-line ValueError for anything else."""
+    # Checked before any training, so a bad ladder fails in a second, not after the AR
+    # stage. Strictly increasing: each stage starts from the previous one's weights and
+    # only ever grows the block (the curriculum's whole point).
     try:
         stages = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -165,6 +169,7 @@ def main():
     add_task_args(ap)
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                     help="budget and model size; explicit flags override the preset's values")
+    # two passes: the preset replaces the defaults, then whatever the user typed wins over it
     pre, _ = ap.parse_known_args()
     ap.set_defaults(**PRESETS[pre.preset])
     a = ap.parse_args()
@@ -173,6 +178,8 @@ def main():
         a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
     cfg = config_from_args(a)
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
+    # Every flag check that can fail does so here, before a run folder or a checkpoint is
+    # written: a typo should cost a second, not a resumed run with mixed settings.
     try:
         stages = parse_stages(a.stages, cfg.answer_len)
         seeds = parse_seeds(a.seeds) if a.seeds else None
@@ -201,6 +208,8 @@ def parse_seeds(text: str):
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    # distinct: a repeated seed would train one ladder into one folder twice and count
+    # twice in the mean over seeds
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must name distinct seeds, got {text!r}")
     return seeds
@@ -266,6 +275,8 @@ def eval_jobs(a):
     """(rule, θ) of the decodes of every checkpoint at every block size: the main table's
     two (dynamic at --eval-threshold, static) and, unless --sweep-thresholds is empty, the
     frontier sweep around them (dynamic at every θ, static and ltr)."""
+    # --eval-threshold joins the sweep, so the main table's dynamic row is one of the
+    # sweep's decodes (same cache key), never decoded twice
     thetas = parse_list(a.sweep_thresholds)
     if not thetas:
         return [("dynamic", a.eval_threshold), ("static", None)]
@@ -281,6 +292,8 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
     rows = []
     for name in names:
         model, meta = run.load(name)
+        # the mtime ties a cached row to this exact file: a rebuilt stage is evaluated again,
+        # the untouched checkpoints are not
         stamp = os.path.getmtime(run.path(name))
         # static and ltr ignore θ (t None); their key keeps --eval-threshold as it did
         # before the sweep existed, so an eval.json written then still hits
@@ -294,24 +307,23 @@ def evaluate_all(run, names, stages, test_rows, a, seed):
                                leave=False, disable=None if dist.is_main() else True):
             r = evaluate(model, test_rows, B, rule, a.eval_threshold if t is None else t, seed=seed)
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
-            row.update(schedule_stats(r["out"]["step"], B))
+            row.update(schedule_stats(r["out"]["step"], B))  # Ŝ from the same traces: no second decode
             row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
             new[key(B, rule, t)] = row
         for part in dist.gather_objects(new):
             cache.update(part)
+        # one line per decode, printed after the gather: every rank's results, in job order
         for B, rule, t in todo:
             row = cache[key(B, rule, t)]
             how = rule if t is None else f"{rule} θ={t:g}"
             print(f"eval {name:>9} @ B={B:<3} {how:>14}: acc {100 * row['accuracy']:5.1f}%  "
                   f"TPF {row['tpf']:.2f}", flush=True)
         rows += [cache[key(B, rule, t)] for B, rule, t in jobs]
-        if dist.is_main():
+        if dist.is_main():  # after every checkpoint: a run killed mid-evaluation keeps what it did
             with open(cache_path + ".tmp", "w") as f:
                 json.dump(cache, f)
             os.replace(cache_path + ".tmp", cache_path)
     return rows
-
-
 
 
 if __name__ == "__main__":

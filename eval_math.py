@@ -62,7 +62,7 @@ def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: flo
     """Greedy decoding of `rows` at `block_size` (0 = AR), commits limited to `distance` of
     the block's leftmost mask (0 = anywhere; sample.near_frontier). Returns a dict with accuracy,
     tpf, tokens/s and the raw decode outputs (for the schedule analysis)."""
-    model.eval()
+    model.eval()  # no dropout: a greedy decode is then a function of the weights alone
     dev = next(model.parameters()).device
     prompts = encode_prompts([r["question"] for r in rows], model.cfg.prompt_len)
     outs, t0 = [], time.time()
@@ -73,12 +73,18 @@ def evaluate(model, rows, block_size: int, rule: str = "dynamic", threshold: flo
         else:
             outs.append(generate(model, p, block_size, rule, threshold, steps, schedule=schedule,
                                  distance=distance))
-    if dev.type == "cuda":
+    if dev.type == "cuda":  # kernels run asynchronously: wait before reading the clock
         torch.cuda.synchronize()
     secs = time.time() - t0
     out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    # Graded as text, like GSM8K: the grader reads the task's '#### N' format, which is the
+    # same for generated and user JSONL data. Not finished = no <|eos|> in the answer area:
+    # cut off, so wrong whatever it says.
     texts = [decode(t) for t in out["tokens"]]
     correct = [is_correct(t, r["answer"], bool(f)) for t, r, f in zip(texts, rows, out["finished"])]
+    # TPF over the whole split: every forward counts, the fused cache writes included
+    # (sample.py), so TPF below 1 means the rule spent forwards on writing, not committing.
+    # θ is None for rules that do not read it, so no row seems to depend on it.
     n_tok = out["n_gen"].sum().item()
     return dict(block_size=block_size, rule="ar" if block_size == 0 else rule,
                 threshold=threshold if rule == "dynamic" else None, distance=distance,
@@ -129,9 +135,10 @@ def main():
         else:
             jobs = [(blocks[0], a.rule, a.threshold)]
         results = []
-        # a sweep is many decodes of the whole test split with nothing printed in between
+        # the sweep's static and ltr take one token per step (steps = B): the floor every
+        # parallel decode is measured against; many silent decodes of the split: a bar
         for B, rule, t in tqdm(jobs, desc="sweep", unit="decode", disable=None if a.sweep else True):
-            steps = None if a.sweep else a.steps  # the sweep's static and ltr: one token per step
+            steps = None if a.sweep else a.steps
             r = evaluate(model, rows, B, rule, a.threshold if t is None else t, steps, distance=a.commit_distance)
             results.append({k: v for k, v in r.items() if k not in ("texts", "correct", "out")})
     except (CheckpointError, DataError, ValueError) as e:

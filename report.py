@@ -160,9 +160,10 @@ def pictures(run, names, stages, results):
             curves.append((n, h, done if n.startswith("tstar") else 0))
             done += len(h) if n.startswith("tstar") else 0
     what = f"greedy, {results[0]['n']} test problems"
-    for fname, draw in (
-            ("frontier.png", lambda p: plots.frontier(results, names, stages, p, f"accuracy vs tokens per forward, {what}")),
-            ("rewards.png", lambda p: plots.rewards(curves, p, "rollout reward per RL step (T* stages, then direct)"))):
+    draws = {"frontier.png": lambda p: plots.frontier(results, names, stages, p,
+                                                      f"accuracy vs tokens per forward, {what}"),
+             "rewards.png": lambda p: plots.rewards(curves, p, "rollout reward per RL step (T* stages; direct)")}
+    for fname, draw in draws.items():
         path = os.path.join(run.out, fname)
         print(f"picture: {path}" if draw(path) else
               f"{fname} skipped (no matplotlib: pip install -r requirements-plots.txt)", flush=True)

@@ -252,6 +252,7 @@ def main():
                           f"{os.path.basename(a.ckpt)} at B={a.block_size}")
             print(f"heat map: {png}" if png else "heat map skipped (no matplotlib)")
         if a.run:
+            # T*'s checkpoint names the task, hence the test split; the whole run shares it
             _, meta = load_checkpoint(os.path.join(a.run, f"tstar{a.block_size}.pt"), dev)
             S, rows = replay_table(a.run, a.block_size, load_task(meta["task"])[1], a.threshold, dev)
             print(f"Ŝ of tstar{a.block_size} ({len(S)} steps per block):")
@@ -260,6 +261,7 @@ def main():
             print("|---|---|---|---|---|")
             for n, rule, acc, tpf, spb in rows:
                 print(f"| {n} | {rule} | {100 * acc:.1f} % | {tpf:.2f} | {spb:.2f} |")
+    # StopIteration: replay_table's next() found no sft checkpoint in the run folder
     except (CheckpointError, DataError, StopIteration) as e:
         sys.exit(f"error: {e or 'the run directory has no sft checkpoint'}")
 

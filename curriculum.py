@@ -183,7 +183,7 @@ def main():
     try:
         stages = parse_stages(a.stages, cfg.answer_len)
         seeds = parse_seeds(a.seeds) if a.seeds else None
-        parse_list(a.sweep_thresholds)  # a typo fails here, not after an hour of training
+        parse_list(a.sweep_thresholds)
         if a.n_prompts < dist.world():
             raise ValueError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
     except ValueError as e:

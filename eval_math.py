@@ -143,6 +143,11 @@ def main():
             results.append({k: v for k, v in r.items() if k not in ("texts", "correct", "out")})
     except (CheckpointError, DataError, ValueError) as e:
         sys.exit(f"error: {e}")
+    stem = a.ckpt[:-3] if a.ckpt.endswith(".pt") else a.ckpt
+    name = os.path.basename(stem)
+    if a.sweep:
+        for r in results:  # the fields plots.py reads, named as curriculum.py's rows name them
+            r.update(method=name, decode_block=r["block_size"])
     if a.json:
         print(json.dumps(results if a.sweep else results[0]))
     elif not a.sweep:
@@ -157,10 +162,7 @@ def main():
             print(f"| {r['block_size']} | {r['rule']} | {r['threshold'] if r['threshold'] is not None else '-'} "
                   f"| {100 * r['accuracy']:.1f} % | {r['tpf']:.2f} | {r['seconds']:.1f} |")
     if a.sweep:
-        name = os.path.basename(a.ckpt)[:-3] if a.ckpt.endswith(".pt") else os.path.basename(a.ckpt)
-        for r in results:  # the fields plots.py reads, as curriculum rows name them
-            r.update(method=name, decode_block=r["block_size"])
-        path = a.plot or (a.ckpt[:-3] if a.ckpt.endswith(".pt") else a.ckpt) + ".frontier.png"
+        path = a.plot or stem + ".frontier.png"
         done = plots.frontier(results, [name], blocks, path, title=f"{name}: accuracy vs tokens per forward")
         print(f"frontier picture: {done}" if done else
               f"{os.path.basename(path)} skipped (no matplotlib: pip install -r requirements-plots.txt)",

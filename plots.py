@@ -44,7 +44,9 @@ def frontier(rows, names, blocks, path, title=""):
     plt = _pyplot()
     if plt is None:
         return None
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.9), sharey=True, squeeze=False)
+    # at least 6 inches wide, so one panel (eval_math --sweep at one B) still fits the caption
+    fig, axes = plt.subplots(1, len(blocks), figsize=(max(6.0, 4.2 * len(blocks)), 3.9), sharey=True,
+                             squeeze=False)
     colour = plt.get_cmap("tab10")
     for ax, B in zip(axes[0], blocks):
         for i, n in enumerate(names):
@@ -85,6 +87,7 @@ def rewards(curves, path, title=""):
         if start:
             ax.axvline(start + 0.5, color=line.get_color(), ls=":", lw=0.8)
     ax.set_xlabel("RL step")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole: no 2.5 ticks
     ax.set_ylabel("rollout reward")
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)

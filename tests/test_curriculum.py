@@ -127,7 +127,7 @@ def test_end_to_end_outputs(tiny_run):
     assert "# T* results: --stages 4,8" in p.stdout
     # the first training line comes before any held-out loss: '-', not 'nan'
     first = next(l for l in p.stdout.splitlines() if l.startswith("ar step"))
-    assert "held-out - |" in first and "nan" not in p.stdout
+    assert "held-out - |" in first and "held-out nan" not in p.stdout
 
 
 def test_resume_rebuilds_only_the_missing_stage(tiny_run):

@@ -13,8 +13,9 @@ it was trained from (docs/design.md §8):
   T*: TraceRL at every B in --stages, each from the previous stage (tstar{B}.pt) ->
   direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt) ->
   no-RL: the same ladder with block SFT instead of RL, as many updates per stage (norl{B}.pt) ->
-  evaluation of every checkpoint at every B (greedy; dynamic θ and static one-token-per-step)
-  and the Ŝ schedule statistics -> results.json, results.md, the table on stdout.
+  evaluation of every checkpoint at every B (greedy; dynamic θ and static one-token-per-step,
+  plus the frontier sweep: dynamic at several θ and ltr) and the Ŝ schedule statistics ->
+  results.json, results.md, the table on stdout, frontier.png, rewards.png (report.py).
 
 Reconstructed, not copied: the paper's body is not public to us. Its abstract fixes
 the idea (AR-initialised small-block MDM, TraceRL per block size, progressive growth);
@@ -34,16 +35,17 @@ import sys
 import time
 from dataclasses import asdict
 
+from tqdm import tqdm
+
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
-from eval_math import evaluate
+from eval_math import SWEEP_THRESHOLDS, evaluate, parse_list, sweep_jobs
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, load_checkpoint,
                    pick_device, save_checkpoint)
 from tracerl import add_rl_args, run_tracerl
+from report import aggregate, pictures, report
 from train import run_ar, run_sft
-
-SPARK = "▁▂▃▄▅▆▇█"
 
 # "cpu" is the argparse defaults (sized for a 2-core CPU, README). "gpu" is one flag away:
 # a 9.9M-parameter model, 4x the supervised steps at 4x the batch, 4x the rollouts per RL step
@@ -58,6 +60,9 @@ PRESETS = {
 
 def parse_stages(text: str, answer_len: int):
     """'4,8,16' -> [4, 8, 16]; one-line ValueError for anything else."""
+    # Checked before any training, so a bad ladder fails in a second, not after the AR
+    # stage. Strictly increasing: each stage starts from the previous one's weights and
+    # only ever grows the block (the curriculum's whole point).
     try:
         stages = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -72,10 +77,6 @@ def parse_stages(text: str, answer_len: int):
         raise ValueError(f"block size {stages[-1]} is larger than the {answer_len}-token answer area "
                          f"(raise --max-seq-len)")
     return stages
-
-
-def sparkline(values):
-    return "".join(SPARK[min(int(v * len(SPARK)), len(SPARK) - 1)] for v in values)
 
 
 class Run:
@@ -196,6 +197,9 @@ def main():
                          "within the previous stage's block size of the frontier (overrides --commit-distance there)")
     add_model_args(ap)
     ap.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
+    ap.add_argument("--sweep-thresholds", default=",".join(map(str, SWEEP_THRESHOLDS)),
+                    help="θ values of the frontier sweep (dynamic at each, plus static and ltr, for every "
+                         "checkpoint and B: results.json, frontier.png); '' = the main table only")
     ap.add_argument("--seed", type=int, default=0, help="training and rollout seed (one run, into --out)")
     ap.add_argument("--seeds", default=None,
                     help="comma-separated training seeds, e.g. 0,1,2: one ladder per seed into OUT/seed{S}, "
@@ -205,6 +209,7 @@ def main():
     add_task_args(ap)
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                     help="budget and model size; explicit flags override the preset's values")
+    # two passes: the preset replaces the defaults, then whatever the user typed wins over it
     pre, _ = ap.parse_known_args()
     ap.set_defaults(**PRESETS[pre.preset])
     a = ap.parse_args()
@@ -213,9 +218,12 @@ def main():
         a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
     cfg = config_from_args(a)
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
+    # Every flag check that can fail does so here, before a run folder or a checkpoint is
+    # written: a typo should cost a second, not a resumed run with mixed settings.
     try:
         stages = parse_stages(a.stages, cfg.answer_len)
         seeds = parse_seeds(a.seeds) if a.seeds else None
+        parse_list(a.sweep_thresholds)
         if a.n_prompts < dist.world():
             raise ValueError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
     except ValueError as e:
@@ -228,7 +236,7 @@ def main():
                 print(f"=== seed {s} -> {os.path.join(a.out, f'seed{s}')}", flush=True)
                 run_ladder(a, cfg, stages, dev, os.path.join(a.out, f"seed{s}"), s)
             if dist.is_main():
-                aggregate(a.out, seeds, stages)
+                aggregate(a.out, seeds, stages, a.eval_threshold)
     except (CheckpointError, DataError, FloatingPointError) as e:
         sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why
     dist.close()
@@ -240,6 +248,8 @@ def parse_seeds(text: str):
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    # distinct: a repeated seed would train one ladder into one folder twice and count
+    # twice in the mean over seeds
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must name distinct seeds, got {text!r}")
     return seeds
@@ -250,7 +260,7 @@ def run_ladder(a, cfg, stages, dev, out, seed):
     T*, direct, no-RL, evaluation, report. Every step is skipped when its checkpoint exists."""
     task = task_from_args(a)
     # Flags that do not change what is trained may differ on resume; the ladder may grow.
-    skip = {"out", "device", "stages", "eval_threshold", "seeds"}
+    skip = {"out", "device", "stages", "eval_threshold", "seeds", "sweep_thresholds"}
     settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip | {"seed"}},
                     seed=seed)
     t_start = time.time()
@@ -298,137 +308,65 @@ def run_ladder(a, cfg, stages, dev, out, seed):
     results = evaluate_all(run, names, stages, test_rows, a, seed)
     if dist.is_main():
         report(run, names, stages, results, time.time() - t_start, a, seed)
+        pictures(run, names, stages, results)
     return results
 
 
+def eval_jobs(a):
+    """(rule, θ) of the decodes of every checkpoint at every block size: the main table's
+    two (dynamic at --eval-threshold, static) and, unless --sweep-thresholds is empty, the
+    frontier sweep around them (dynamic at every θ, static and ltr)."""
+    # --eval-threshold joins the sweep, so the main table's dynamic row is one of the
+    # sweep's decodes (same cache key), never decoded twice
+    thetas = parse_list(a.sweep_thresholds)
+    if not thetas:
+        return [("dynamic", a.eval_threshold), ("static", None)]
+    return sweep_jobs(thetas + [a.eval_threshold])
+
+
 def evaluate_all(run, names, stages, test_rows, a, seed):
-    """Every checkpoint at every block size, both rules; cached in eval.json by file mtime
-    so a resumed run only evaluates what changed. Under torchrun each checkpoint's
+    """Every checkpoint at every block size, every decode of eval_jobs; cached in eval.json
+    by file mtime so a resumed run only evaluates what changed. Under torchrun each checkpoint's
     evaluations are dealt out across ranks and gathered (tokens/s then shares the machine)."""
     cache_path = os.path.join(run.out, "eval.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     results = []
     for name in names:
         model, meta = run.load(name)
+        # the mtime ties a cached row to this exact file: a rebuilt stage is evaluated again,
+        # the untouched checkpoints are not
         stamp = os.path.getmtime(run.path(name))
-        key = lambda B, rule: f"{name}|{B}|{rule}|{a.eval_threshold}|{reach(a, stages, B)}"
-        jobs = [(B, rule) for B in stages for rule in ("dynamic", "static")]
-        todo = [(B, rule) for B, rule in jobs
-                if key(B, rule) not in cache or cache[key(B, rule)]["stamp"] != stamp]
+        # static and ltr ignore θ (t None); their key keeps --eval-threshold as it did
+        # before the sweep existed; the commit distance used at B is part of the key
+        key = lambda B, rule, t: (f"{name}|{B}|{rule}|{a.eval_threshold if t is None else t}|"
+                                  f"{reach(a, stages, B)}")
+        jobs = [(B, rule, t) for B in stages for rule, t in eval_jobs(a)]
+        todo = [(B, rule, t) for B, rule, t in jobs
+                if key(B, rule, t) not in cache or cache[key(B, rule, t)]["stamp"] != stamp]
         new = {}
-        for B, rule in todo[dist.rank()::dist.world()]:
-            r = evaluate(model, test_rows, B, rule, a.eval_threshold, seed=seed,
+        # decodes of the whole test split print nothing until done: a bar (on a terminal)
+        for B, rule, t in tqdm(todo[dist.rank()::dist.world()], desc=f"eval {name}", unit="decode",
+                               leave=False, disable=None if dist.is_main() else True):
+            r = evaluate(model, test_rows, B, rule, a.eval_threshold if t is None else t, seed=seed,
                          distance=reach(a, stages, B))
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
-            row.update(schedule_stats(r["out"]["fwd"], B))
+            row.update(schedule_stats(r["out"]["fwd"], B))  # Ŝ from the same traces: no second decode
             row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
-            new[key(B, rule)] = row
+            new[key(B, rule, t)] = row
         for part in dist.gather_objects(new):
             cache.update(part)
-        for B, rule in todo:
-            row = cache[key(B, rule)]
-            print(f"eval {name:>9} @ B={B:<3} {rule:>7}: acc {100 * row['accuracy']:5.1f}%  "
+        # one line per decode, printed after the gather: every rank's results, in job order
+        for B, rule, t in todo:
+            row = cache[key(B, rule, t)]
+            how = rule if t is None else f"{rule} θ={t:g}"
+            print(f"eval {name:>9} @ B={B:<3} {how:>14}: acc {100 * row['accuracy']:5.1f}%  "
                   f"TPF {row['tpf']:.2f}", flush=True)
-        results += [cache[key(B, rule)] for B, rule in jobs]
-        if dist.is_main():
+        results += [cache[key(B, rule, t)] for B, rule, t in jobs]
+        if dist.is_main():  # after every checkpoint: a run killed mid-evaluation keeps what it did
             with open(cache_path + ".tmp", "w") as f:
                 json.dump(cache, f)
             os.replace(cache_path + ".tmp", cache_path)
     return results
-
-
-def aggregate(out, seeds, stages):
-    """The table over seeds: every (checkpoint, decode B, rule) cell of the seed folders'
-    results.json as mean and min-max of accuracy and TPF. Writes OUT/aggregate.json (one
-    row per cell, with the per-seed values) and OUT/aggregate.md, and prints the table."""
-    per_seed = []
-    for s in seeds:
-        with open(os.path.join(out, f"seed{s}", "results.json")) as f:
-            per_seed.append({(r["method"], r["decode_block"], r["rule"]): r for r in json.load(f)})
-    cells = []
-    for key, first in per_seed[0].items():
-        acc = [p[key]["accuracy"] for p in per_seed]
-        tpf = [p[key]["tpf"] for p in per_seed]
-        cells.append(dict(method=key[0], trained_block=first.get("trained_block"), decode_block=key[1],
-                         rule=key[2], threshold=first.get("threshold"), seeds=seeds,
-                         accuracy=sum(acc) / len(acc), accuracy_min=min(acc), accuracy_max=max(acc),
-                         accuracy_per_seed=acc, tpf=sum(tpf) / len(tpf), tpf_per_seed=tpf))
-    with open(os.path.join(out, "aggregate.json"), "w") as f:
-        json.dump(cells, f, indent=1)
-    names = list(dict.fromkeys(r["method"] for r in cells))
-    get = {(r["method"], r["decode_block"], r["rule"]): r for r in cells}
-    cell = lambda r: (f"{100 * r['accuracy']:.1f} ({100 * r['accuracy_min']:.1f}-{100 * r['accuracy_max']:.1f})"
-                      f" / {r['tpf']:.2f}")
-    lines = [f"# T* results over seeds {','.join(map(str, seeds))}: --stages {','.join(map(str, stages))}", "",
-             f"Cells: mean accuracy % (min-max over the {len(seeds)} training seeds) / mean tokens per "
-             f"forward; greedy, {first['n']} test problems. Per-seed tables: seed*/results.md.", "",
-             "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
-             "|---|" + "---|---|" * len(stages)]
-    for n in names:
-        lines.append(f"| {n} | " + " | ".join(cell(get[(n, B, rule)]) for B in stages
-                                               for rule in ("dynamic", "static")) + " |")
-    if len(stages) > 1:  # the comparison the run exists for, seed by seed
-        B0, Bl = stages[0], stages[-1]
-        acc = lambda m, B: get[(m, B, "dynamic")]["accuracy_per_seed"]
-        gap = [100 * (t - d) for t, d in zip(acc(f"tstar{Bl}", Bl), acc(f"direct{Bl}", Bl))]
-        keep = [t / b if b else 0.0 for t, b in zip(acc(f"tstar{Bl}", Bl), acc(f"tstar{B0}", B0))]
-        lines += ["", f"T*@{Bl} minus direct@{Bl} at B={Bl} dynamic, per seed: "
-                      + ", ".join(f"{g:+.1f}" for g in gap) + " points; T*@" + f"{Bl} keeps "
-                      + ", ".join(f"{100 * k:.0f}" for k in keep) + f" % of the B={B0} model's accuracy."]
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "aggregate.md"), "w") as f:
-        f.write(text)
-    print("\n" + text)
-
-
-def report(run, names, stages, results, seconds, a, seed):
-    get = {(r["method"], r["decode_block"], r["rule"]): r for r in results}
-    lines = [f"# T* results: --stages {','.join(map(str, stages))}",
-             "",
-             f"Greedy decoding of {results[0]['n']} test problems; dynamic θ = {a.eval_threshold}, "
-             f"static = one token per step. Cells: accuracy % / tokens per forward. "
-             f"Device {results[0]['device']}, seed {seed}, wall time {seconds / 60:.1f} min. "
-             f"Commit distance per B (0 = anywhere in the block): "
-             + ", ".join(f"B={B}: {reach(a, stages, B)}" for B in stages) + ".",
-             "",
-             "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
-             "|---|" + "---|---|" * len(stages)]
-    for n in names:
-        cells = []
-        for B in stages:
-            for rule in ("dynamic", "static"):
-                r = get[(n, B, rule)]
-                cells.append(f"{100 * r['accuracy']:.1f} / {r['tpf']:.2f}")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", "Ŝ, from the dynamic-rule traces at each checkpoint's own block size "
-                  "(left-to-right fraction of steps, Kendall τ position vs step, tokens per step):", ""]
-    lines += ["| checkpoint | decode B | left-to-right | Kendall τ | tokens/step |", "|---|---|---|---|---|"]
-    for n in names:
-        for B in stages:
-            r = get[(n, B, "dynamic")]
-            if n.startswith("sft") or r["trained_block"] == B:  # SFT at every B, others at their own
-                lines.append(f"| {n} | {B} | {r['left_to_right']:.2f} | {r['kendall_tau']:.2f} | "
-                             f"{r['tokens_per_step']:.2f} |")
-    lines += ["", "Rollout reward per RL step (▁ = 0, █ = 1):", ""]
-    for n in names:
-        if n.startswith(("tstar", "direct")):
-            _, meta = run.load(n)
-            h = [x["reward"] for x in meta["rl_history"]]
-            lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps)")
-    if len(stages) > 1:
-        B0, Bl = stages[0], stages[-1]
-        base = get[(f"tstar{B0}", B0, "dynamic")]
-        ts, di, no = (get[(f"{m}{Bl}", Bl, "dynamic")] for m in ("tstar", "direct", "norl"))
-        lines += ["", f"T* at B={Bl}: {100 * ts['accuracy']:.1f}% at TPF {ts['tpf']:.2f}, vs the B={B0} "
-                      f"model at B={B0}: {100 * base['accuracy']:.1f}% at TPF {base['tpf']:.2f} "
-                      f"(TPF x{ts['tpf'] / base['tpf']:.2f}); direct {100 * di['accuracy']:.1f}%, "
-                      f"no-RL {100 * no['accuracy']:.1f}% at B={Bl} (dynamic)."]
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(run.out, "results.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(run.out, "results.json"), "w") as f:
-        json.dump([{k: v for k, v in r.items() if k != "stamp"} for r in results], f, indent=1)
-    print("\n" + text)
 
 
 if __name__ == "__main__":

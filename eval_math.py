@@ -1,59 +1,64 @@
-"""Grade a checkpoint on the math test split, and read its decoding schedule Ŝ.
+"""Grade a checkpoint on the math test split: accuracy and tokens per forward.
 
     python eval_math.py --ckpt runs/default/sft4.pt --block-size 4
-    python eval_math.py --ckpt runs/default/tstar16.pt --block-size 16 --rule static --schedule
+    python eval_math.py --ckpt runs/default/tstar16.pt --block-size 16 --rule static
+    python eval_math.py --ckpt runs/tstar/tstar8.pt --block-size 4,8,16 --sweep   # the frontier
     python eval_math.py --ckpt runs/mine/sft4.pt --test-jsonl my/test.jsonl   # your own GSM8K-style data
     python eval_math.py --ckpt runs/default/sft4.pt --block-size 8 --positions  # per-position table
 
 One row per call: accuracy, tokens per forward (TPF, every forward counted), tokens/s,
-with block size, rule, device and seed. `--schedule` adds the Ŝ analysis (docs/design.md
-§9) from the greedy traces: left-to-right fraction, within-block Kendall τ between position
-and commit step, tokens per step, an ASCII grid of commit steps for a few blocks.
+with block size, rule, θ, commit distance, device and seed. `--sweep` decodes the
+checkpoint at every block size given, with the dynamic rule at several θ plus static and
+ltr, prints one row each and draws the accuracy-vs-TPF frontier (plots.py) next to the
+checkpoint: the curve, not one point of it, is what compares two checkpoints.
 `--positions` adds the per-position table of a whole block predicted in one forward from
 the true context (`block_positions`): where a model trained at a small block breaks at a
 bigger one, and how confident it is there (mask dilution, docs/design.md §3).
 
-Grading follows GSM8K: the number after the last '####' (fallback: the last number in
-the text), exact integer match; an answer that never produced <|eos|> is wrong.
+Decoding is greedy (temperature 0), so a row is a property of the weights and the rule,
+not of a sampling seed. Grading is the task's (data/task.py: the number after the last
+'####', exact match; an answer that never produced <|eos|> is wrong). The Ŝ analysis of
+the traces (order statistics, grids, replay) is schedule.py's, which builds on this file.
 """
 import argparse
 import json
-import re
+import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from data.task import DataError, check_fit, encode_prompts, load_task, read_jsonl, task_tensors
+# Grading is the task's (it defines the '#### N' format); extract_answer is re-exported
+# from here so `from eval_math import extract_answer, is_correct` keeps working.
+from data.task import (DataError, check_fit, encode_prompts, extract_answer, is_correct,  # noqa: F401
+                       load_task, read_jsonl, task_tensors)
 from data.tokenizer import MASK_ID, decode
 from model import CheckpointError, load_checkpoint, pick_device, training_layout
 from sample import RULES, generate, generate_ar
-from schedule import schedule_grid, schedule_stats
+import plots
 
-_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def extract_answer(text: str):
-    """The final answer as a string of digits (commas removed), or None."""
-    if "####" in text:
-        m = _NUM.search(text.rsplit("####", 1)[1])
-        if m:
-            return m.group().replace(",", "")
-    nums = _NUM.findall(text)
-    return nums[-1].replace(",", "") if nums else None
+# The frontier sweep's thresholds: from bold (0.5 commits nearly anything a step proposes)
+# to careful (0.99 commits little but the sure tokens); 0.9 is the default rule's. Four
+# keep the sweep affordable on a CPU: each is one more decode of the test split per
+# checkpoint and block size.
+SWEEP_THRESHOLDS = (0.5, 0.7, 0.9, 0.99)
 
 
-def is_correct(response: str, gold_answer: str, finished: bool = True) -> bool:
-    if not finished:
-        return False
-    got, want = extract_answer(response), extract_answer(gold_answer)
-    if got is None or want is None:
-        return False
+def sweep_jobs(thresholds=SWEEP_THRESHOLDS):
+    """(rule, θ) of every decode in a frontier sweep at one block size: dynamic at each θ,
+    then static and ltr one token per step (θ None: they do not read confidences), the
+    TPF ≈ 1 floor that shows what parallel commits cost."""
+    return [("dynamic", float(t)) for t in sorted(set(thresholds))] + [("static", None), ("ltr", None)]
+
+
+def parse_list(text: str, kind=float, what="--sweep-thresholds"):
+    """'0.5,0.7' -> [0.5, 0.7] (kind=int for block sizes); one-line ValueError otherwise."""
     try:
-        return float(got) == float(want)
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        return False
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
 @torch.no_grad()
@@ -62,7 +67,7 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
     """Greedy decoding of `problems` at `block_size` (0 = AR), commits limited to `distance` of
     the block's leftmost mask (0 = anywhere; sample.near_frontier). Returns a dict with accuracy,
     tpf, tokens/s and the raw decode outputs (for the schedule analysis)."""
-    model.eval()
+    model.eval()  # no dropout: a greedy decode is then a function of the weights alone
     dev = next(model.parameters()).device
     prompts = encode_prompts([p["question"] for p in problems], model.cfg.prompt_len)
     outs, t0 = [], time.time()
@@ -73,12 +78,18 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
         else:
             outs.append(generate(model, p, block_size, rule, threshold, steps, schedule=schedule,
                                  distance=distance))
-    if dev.type == "cuda":
+    if dev.type == "cuda":  # kernels run asynchronously: wait before reading the clock
         torch.cuda.synchronize()
     secs = time.time() - t0
     out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    # Graded as text, like GSM8K: the grader reads the task's '#### N' format, which is the
+    # same for generated and user JSONL data. Not finished = no <|eos|> in the answer area:
+    # cut off, so wrong whatever it says.
     texts = [decode(t) for t in out["tokens"]]
     correct = [is_correct(t, r["answer"], bool(f)) for t, r, f in zip(texts, problems, out["finished"])]
+    # TPF over the whole split: every forward counts, the fused cache writes included
+    # (sample.py), so TPF below 1 means the rule spent forwards on writing, not committing.
+    # θ is None for rules that do not read it, so no row seems to depend on it.
     n_tok = out["n_gen"].sum().item()
     return dict(block_size=block_size, rule="ar" if block_size == 0 else rule,
                 threshold=threshold if rule == "dynamic" else None, distance=distance,
@@ -130,7 +141,8 @@ def position_table(correct, conf, valid, block_size: int):
 def main():
     ap = argparse.ArgumentParser(description="Evaluate a tstar checkpoint on the math test split.")
     ap.add_argument("--ckpt", required=True, help="checkpoint (.pt)")
-    ap.add_argument("--block-size", type=int, default=4, help="decode block size (0 = AR decoding)")
+    ap.add_argument("--block-size", default="4",
+                    help="decode block size (0 = AR decoding); with --sweep a list, e.g. 4,8,16")
     ap.add_argument("--rule", default="dynamic", choices=RULES, help="commit rule")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule confidence threshold")
     ap.add_argument("--steps", type=int, default=None, help="steps per block for static/ltr (default: block size)")
@@ -140,14 +152,26 @@ def main():
                     help="decode with this mask window instead of the checkpoint's (-1 = none; a diagnostic)")
     ap.add_argument("--test-jsonl", default=None, help="GSM8K-style test file (default: the generated test split)")
     ap.add_argument("--n", type=int, default=None, help="evaluate only the first N problems")
-    ap.add_argument("--schedule", action="store_true", help="also print the Ŝ schedule analysis")
     ap.add_argument("--positions", action="store_true",
                     help="also print accuracy and confidence per in-block position, every block "
                          "predicted in one forward from the true context")
-    ap.add_argument("--json", action="store_true", help="print the row as JSON")
+    ap.add_argument("--sweep", action="store_true",
+                    help="the frontier: dynamic at every --sweep-thresholds θ, static and ltr, at every "
+                         "--block-size; prints the rows and writes a frontier picture (--plot)")
+    ap.add_argument("--sweep-thresholds", default=",".join(map(str, SWEEP_THRESHOLDS)),
+                    help="θ values of the sweep, comma-separated")
+    ap.add_argument("--plot", default=None,
+                    help="frontier picture of --sweep (default: next to the checkpoint, NAME.frontier.png)")
+    ap.add_argument("--json", action="store_true", help="print the row (with --sweep: the rows) as JSON")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     a = ap.parse_args()
     try:
+        blocks = parse_list(a.block_size, int, "--block-size")
+        thresholds = parse_list(a.sweep_thresholds)
+        if len(blocks) != 1 and not a.sweep:
+            raise ValueError(f"--block-size takes one block size without --sweep, got {a.block_size!r}")
+        if a.sweep and (not thresholds or 0 in blocks):
+            raise ValueError("--sweep needs at least one θ and block sizes > 0 (AR has no rule to sweep)")
         dev = pick_device(a.device)
         model, meta = load_checkpoint(a.ckpt, dev)
         if a.mask_window is not None:  # the attention rule is read from cfg at every forward
@@ -158,25 +182,48 @@ def main():
         problems = read_jsonl(a.test_jsonl) if a.test_jsonl else load_task(meta["task"])[1]
         problems = problems[:a.n] if a.n else problems
         check_fit(problems, model.cfg.prompt_len, model.cfg.answer_len, "test data", fixed=True)
-        r = evaluate(model, problems, a.block_size, a.rule, a.threshold, a.steps, distance=a.commit_distance)
-    except (CheckpointError, DataError) as e:
+        if a.sweep:
+            jobs = [(B, rule, t) for B in blocks for rule, t in sweep_jobs(thresholds)]
+        else:
+            jobs = [(blocks[0], a.rule, a.threshold)]
+        results = []
+        # the sweep's static and ltr take one token per step (steps = B): the floor every
+        # parallel decode is measured against; many silent decodes of the split: a bar
+        for B, rule, t in tqdm(jobs, desc="sweep", unit="decode", disable=None if a.sweep else True):
+            steps = None if a.sweep else a.steps
+            r = evaluate(model, problems, B, rule, a.threshold if t is None else t, steps, distance=a.commit_distance)
+            results.append({k: v for k, v in r.items() if k not in ("texts", "correct", "out")})
+    except (CheckpointError, DataError, ValueError) as e:
         sys.exit(f"error: {e}")
-    row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
+    stem = a.ckpt[:-3] if a.ckpt.endswith(".pt") else a.ckpt
+    name = os.path.basename(stem)
+    if a.sweep:
+        for r in results:  # the fields plots.py reads, named as curriculum.py's rows name them
+            r.update(method=name, decode_block=r["block_size"])
     if a.json:
-        print(json.dumps(row))
-    else:
-        print(f"{a.ckpt}  B={a.block_size} rule={row['rule']} D={a.commit_distance} "
+        print(json.dumps(results if a.sweep else results[0]))
+    elif not a.sweep:
+        row = results[0]
+        print(f"{a.ckpt}  B={row['block_size']} rule={row['rule']} D={a.commit_distance} "
               f"W={model.cfg.mask_window}  acc {100 * row['accuracy']:.1f}%  "
               f"TPF {row['tpf']:.2f}  {row['tokens_per_s']:.0f} tok/s  ({row['n']} problems, "
               f"{row['device']}, seed {row['seed']}, {row['seconds']:.1f}s)")
-    if a.schedule and a.block_size > 0:
-        st = schedule_stats(r["out"]["fwd"], a.block_size)
-        print(f"Ŝ: left-to-right {st['left_to_right']:.2f}  Kendall τ {st['kendall_tau']:.2f}  "
-              f"tokens/step {st['tokens_per_step']:.2f}")
-        print(schedule_grid(r["out"]["fwd"], r["out"]["tokens"], a.block_size))
-    if a.positions and a.block_size > 0:
-        table = position_table(*block_positions(model, problems, a.block_size), a.block_size)
-        print(f"one forward per block from the true context, B={a.block_size}:")
+    else:
+        print(f"{a.ckpt}: {results[0]['n']} problems, greedy, {results[0]['device']}\n")
+        print("| B | rule | θ | accuracy | TPF | seconds |\n|---|---|---|---|---|---|")
+        for r in results:
+            print(f"| {r['block_size']} | {r['rule']} | {r['threshold'] if r['threshold'] is not None else '-'} "
+                  f"| {100 * r['accuracy']:.1f} % | {r['tpf']:.2f} | {r['seconds']:.1f} |")
+    if a.sweep:
+        path = a.plot or stem + ".frontier.png"
+        done = plots.frontier(results, [name], blocks, path, title=f"{name}: accuracy vs tokens per forward")
+        print(f"frontier picture: {done}" if done else
+              f"{os.path.basename(path)} skipped (no matplotlib: pip install -r requirements-plots.txt)",
+              file=sys.stderr if a.json else sys.stdout)
+    if a.positions and blocks[0] > 0:
+        B = blocks[0]
+        table = position_table(*block_positions(model, problems, B), B)
+        print(f"one forward per block from the true context, B={B}:")
         for label, key, fmt in (("position", "position", "5d"), ("accuracy", "accuracy", "5.2f"),
                                 ("confidence", "confidence", "5.2f"), ("n", "n", "5d")):
             print(f"  {label:<10} " + " ".join(format(t[key], fmt) for t in table))

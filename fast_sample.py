@@ -1,6 +1,6 @@
 """The compiled, static-shape block sampler: `sample.generate` made fast.
 
-    python sample.py --ckpt runs/tstar/tstar8.pt --block-size 8 --fast
+    python fast_sample.py --ckpt runs/tstar/tstar8.pt --block-size 8   # sample.py's flags
     python bench/bench_decode.py --device cpu        # eager vs compiled vs AR, side by side
 
 Same outputs as `sample.generate` for the same inputs and seed (tests/test_fast_sample.py):
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from data.tokenizer import EOS_ID, MASK_ID
 from model import KVCache, attention_mask, hide_far_masks
 from sample import RULES, near_frontier, outputs, top_k
+from sample import main as sample_main
 
 @functools.lru_cache(maxsize=64)
 def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
@@ -242,3 +243,6 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
     return outputs(tokens, fwd, logp, nfe)
 
 
+if __name__ == "__main__":
+    # sample.py's command line (--rule, --show, ...) with this sampler in place of generate
+    sample_main(generate_fast, "Decode prompts with a tstar checkpoint through the compiled sampler.")

@@ -2,7 +2,7 @@
 
     python sample.py --ckpt runs/default/sft4.pt --block-size 4 --prompt "23+4*6-9"
     python sample.py --ckpt runs/default/tstar16.pt --block-size 16 --rule dynamic --threshold 0.9
-    python sample.py --ckpt runs/default/tstar16.pt --block-size 16 --fast   # compiled, static shapes
+    python fast_sample.py --ckpt runs/default/tstar16.pt --block-size 16   # compiled, static shapes, same flags
 
 Block by block, left to right (docs/design.md §5). A block starts fully masked; each denoising
 step is one forward of the block against the KV cache; a token is sampled at every
@@ -238,8 +238,10 @@ def show_decoding(tokens, fwd, block_size: int, color: bool = True) -> str:
     return "\n".join(lines)
 
 
-def main():
-    ap = argparse.ArgumentParser(description="Decode prompts with a tstar checkpoint.")
+def main(sampler=generate, description="Decode prompts with a tstar checkpoint."):
+    """The command line. fast_sample.py runs it with its compiled sampler: sample.py cannot
+    import fast_sample, which builds on this file (imports go one way)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--ckpt", required=True, help="checkpoint (.pt) written by train.py/tracerl.py")
     ap.add_argument("--prompt", action="append", default=None,
                     help="a question (repeatable); default: three test-style examples")
@@ -252,8 +254,6 @@ def main():
     ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    ap.add_argument("--fast", action="store_true",
-                    help="use the compiled static-shape sampler (generate_fast)")
     ap.add_argument("--schedule", default=None,
                     help="Ŝ JSON from schedule.py to replay (implies --rule schedule)")
     ap.add_argument("--show", action="store_true",
@@ -276,9 +276,6 @@ def main():
     if a.block_size == 0:
         out = generate_ar(model, prompts, a.temperature, g)
     else:
-        if a.fast:
-            from fast_sample import generate_fast  # the compiled twin of generate
-        sampler = generate_fast if a.fast else generate
         extra = {"schedule": schedule} if schedule else {}
         extra["distance"] = a.commit_distance
         out = sampler(model, prompts, a.block_size, a.rule, a.threshold, a.steps, a.temperature, g, **extra)

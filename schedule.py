@@ -24,14 +24,22 @@ import os
 import sys
 
 import torch
+from tqdm import tqdm
 
+from data.task import DataError, load_task
 from data.tokenizer import decode
+# Imports go one way: Ŝ builds on evaluation (the replay is an evaluation with a fixed
+# schedule), and eval_math never imports this file (tests/test_imports.py checks it).
+from eval_math import evaluate
+from model import CheckpointError, load_checkpoint, pick_device
 from sample import commit_ranks
 
 # ----------------------------------------------------------------------------- Ŝ analysis
 
 def _kendall_tau(x, y):
     """Kendall's τ-b between two 1-D sequences (ties allowed); None if undefined."""
+    # τ-b, not τ-a: the dynamic rule commits several positions at one step, and those
+    # ties in the step must not count as order either way. O(n²) is fine for n ≤ B.
     n, conc, disc, tx, ty = len(x), 0, 0, 0, 0
     for i in range(n):
         for j in range(i + 1, n):
@@ -57,6 +65,9 @@ def schedule_stats(fwd: torch.Tensor, block_size: int):
     still-masked positions of the block; kendall_tau: mean over blocks with >= 2 decoded
     positions of τ(position, commit step), 1.0 = strictly left to right; tokens_per_step:
     mean committed tokens per denoising step."""
+    # Per block, walk its distinct commit steps in order and ask whether each one took
+    # exactly the leftmost positions still masked: that is what a left-to-right decoder
+    # would do, whatever the number of tokens per step.
     ltr_steps = n_steps = 0
     taus, per_step = [], []
     N, A = fwd.shape
@@ -85,6 +96,8 @@ def schedule_stats(fwd: torch.Tensor, block_size: int):
 def schedule_grid(fwd: torch.Tensor, tokens: torch.Tensor, block_size: int, n_blocks: int = 4):
     """ASCII picture: for a few blocks, the within-block step rank at which each position
     was committed (0 = first step; '.' = not decoded), under the decoded text."""
+    # Ranks, not raw step values: `step` is the sequence's global forward index, which
+    # also counts the forwards of earlier blocks, so only the order within a block reads.
     lines = []
     ranks = commit_ranks(fwd[:n_blocks, :block_size], block_size)
     for n in range(ranks.shape[0]):
@@ -98,6 +111,9 @@ def schedule_grid(fwd: torch.Tensor, tokens: torch.Tensor, block_size: int, n_bl
 def derive_schedule(fwd: torch.Tensor, block_size: int):
     """Ŝ from a trace [N, A]: a list of steps, each a sorted list of in-block positions;
     every position 0..block_size-1 appears exactly once."""
+    # Ŝ must be one fixed schedule for every problem, while each trace has its own. So
+    # average: a position's mean commit rank orders the positions, and the mean number
+    # of tokens committed at the j-th step sets how many the j-th step of Ŝ takes.
     ranks, counts = [], []
     N, A = fwd.shape
     all_ranks = commit_ranks(fwd, block_size)
@@ -112,6 +128,8 @@ def derive_schedule(fwd: torch.Tensor, block_size: int):
         return [[p] for p in range(block_size)]  # nothing to learn from: left to right
     mean_rank = torch.stack(ranks).mean(0)
     per_step = torch.stack(counts).mean(0)  # mean tokens committed at the j-th step
+    # the typical number of steps a block took; the cuts below turn mean sizes into
+    # whole positions and always end at the block's end, so every position is covered
     n_steps = max(1, round(float((torch.stack(counts) > 0).sum(1).float().mean())))
     sizes = per_step[:n_steps] * block_size / per_step[:n_steps].sum()
     cuts = sorted(set(min(block_size, max(1, round(float(c)))) for c in sizes.cumsum(0)))
@@ -140,6 +158,7 @@ def heatmap(fwd: torch.Tensor, block_size: int, path: str, title: str, n_problem
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    # NaN where nothing was decoded (after eos): imshow leaves those cells blank
     ranks = commit_ranks(fwd[:n_problems], block_size)
     grid = ranks.float().masked_fill(ranks < 0, float("nan"))
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -165,13 +184,17 @@ def steps_per_block(fwd: torch.Tensor, block_size: int) -> float:
 
 
 def schedule_path(ckpt: str, block_size: int) -> str:
+    """Where Ŝ of `ckpt` at `block_size` is saved: beside the checkpoint, one file per B."""
     return ckpt[:-3] + f".schedule{block_size}.json" if ckpt.endswith(".pt") else ckpt + ".json"
 
 
 def replay_table(run_dir: str, block_size: int, test_problems, threshold: float = 0.9, device="cpu"):
-    """Table lines (name, rule, accuracy, TPF, steps/block) for the replay comparison at one B."""
-    from eval_math import evaluate
-    from model import load_checkpoint
+    """Lines (name, rule, accuracy, TPF, steps/block) for the replay comparison at one B.
+
+    Ŝ comes from T*'s own greedy traces on the test split; every model then replays that
+    same Ŝ, and also decodes left to right in as many steps. If T*'s gain were in its
+    schedule, the SFT model replaying Ŝ would gain too; if Ŝ beat plain left-to-right at
+    the same step count, the order itself would matter."""
     names = sorted(f[:-3] for f in os.listdir(run_dir) if f.endswith(".pt"))
     sft = next(n for n in names if n.startswith("sft"))
     tstar, norl = f"tstar{block_size}", f"norl{block_size}"
@@ -180,7 +203,8 @@ def replay_table(run_dir: str, block_size: int, test_problems, threshold: float 
     own = evaluate(models[tstar], test_problems, block_size, "dynamic", threshold)
     S = derive_schedule(own["out"]["fwd"], block_size)
     runs = [(tstar, f"dynamic θ={threshold}", own)]
-    for n, m in models.items():
+    # two decodes of the whole test split per model, silent until done: show progress
+    for n, m in tqdm(models.items(), desc=f"Ŝ replay B={block_size}", unit="model", disable=None):
         runs.append((n, "replay Ŝ", evaluate(m, test_problems, block_size, "schedule", schedule=S)))
         runs.append((n, f"ltr, {len(S)} steps", evaluate(m, test_problems, block_size, "ltr", steps=len(S))))
     return S, [(n, rule, r["accuracy"], r["tpf"], steps_per_block(r["out"]["fwd"], block_size))
@@ -195,9 +219,6 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule θ for the traces")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     a = ap.parse_args()
-    from data.task import DataError, load_task
-    from eval_math import evaluate
-    from model import CheckpointError, load_checkpoint, pick_device
     dev = pick_device(a.device)
     if not (a.ckpt or a.run):
         sys.exit("error: give --ckpt (derive Ŝ) or --run (replay table)")
@@ -214,11 +235,15 @@ def main():
             print(f"Ŝ of {a.ckpt} at B={a.block_size} ({len(S)} steps; accuracy {100 * r['accuracy']:.1f}%, "
                   f"TPF {r['tpf']:.2f}) -> {path}")
             print(schedule_picture(S, a.block_size))
+            st = schedule_stats(r["out"]["fwd"], a.block_size)
+            print(f"traces: left-to-right {st['left_to_right']:.2f}  Kendall τ {st['kendall_tau']:.2f}  "
+                  f"tokens/step {st['tokens_per_step']:.2f}")
             print(schedule_grid(r["out"]["fwd"], r["out"]["tokens"], a.block_size))
             png = heatmap(r["out"]["fwd"], a.block_size, a.ckpt[:-3] + f".heat{a.block_size}.png",
                           f"{os.path.basename(a.ckpt)} at B={a.block_size}")
             print(f"heat map: {png}" if png else "heat map skipped (no matplotlib)")
         if a.run:
+            # T*'s checkpoint names the task, hence the test split; the whole run shares it
             _, meta = load_checkpoint(os.path.join(a.run, f"tstar{a.block_size}.pt"), dev)
             S, table = replay_table(a.run, a.block_size, load_task(meta["task"])[1], a.threshold, dev)
             print(f"Ŝ of tstar{a.block_size} ({len(S)} steps per block):")
@@ -227,6 +252,7 @@ def main():
             print("|---|---|---|---|---|")
             for n, rule, acc, tpf, spb in table:
                 print(f"| {n} | {rule} | {100 * acc:.1f} % | {tpf:.2f} | {spb:.2f} |")
+    # StopIteration: replay_table's next() found no sft checkpoint in the run folder
     except (CheckpointError, DataError, StopIteration) as e:
         sys.exit(f"error: {e or 'the run directory has no sft checkpoint'}")
 

@@ -39,10 +39,9 @@ import torch
 import torch.nn.functional as F
 
 import dist
-from data.task import (DataError, add_task_args, check_fit, encode_prompts, load_task, read_jsonl,
-                       task_from_args)
+from data.task import (DataError, add_task_args, check_fit, encode_prompts, is_correct, load_task,
+                       read_jsonl, task_from_args)
 from data.tokenizer import MASK_ID, decode
-from eval_math import is_correct
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint, training_layout
 from sample import commit_ranks, generate
 from value import Critic, row_values, token_advantages, value_loss

@@ -108,7 +108,7 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
                             fused=dev.type == "cuda")
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     n = data[0].shape[0]
-    held_out = float("nan")
+    held_out = None  # no held-out loss until the first evaluation
 
     def global_mean(loss_sum, count):
         tot = dist.all_reduce_sum(torch.stack([loss_sum.detach().float(), count.float()]))
@@ -142,7 +142,8 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             held_out = evaluate()
         if step % log_every == 0 or step + 1 == steps:
-            print(f"{name} step {step + 1:5d}/{steps} | loss {loss_value:.4f} | held-out {held_out:.4f} "
+            shown = "-" if held_out is None else f"{held_out:.4f}"  # '-' (not nan) until the first eval
+            print(f"{name} step {step + 1:5d}/{steps} | loss {loss_value:.4f} | held-out {shown} "
                   f"| lr {opt.param_groups[0]['lr']:.1e} | {time.time() - t0:6.1f}s", flush=True)
     model.eval()
     return held_out

@@ -12,11 +12,13 @@ Nothing is downloaded (docs/design.md §2): the generator is deterministic given
 the test split is drawn from its own seed stream and removed from the training pool, so
 the two never share a question. A user's own GSM8K-style JSONL goes through the same
 `read_jsonl`, and a malformed line fails with the file, the line number and the reason.
+Grading (`extract_answer`, `is_correct`) lives here too: the task owns the `#### N` format.
 """
 import argparse
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -174,6 +176,37 @@ def read_jsonl(path: str) -> list:
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
+
+
+# ----------------------------------------------------------------------------- grading
+# The task defines the answer format ('#### N'), so it also defines what counts as right:
+# the evaluation script and TraceRL's reward both grade with these two functions.
+_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_answer(text: str):
+    """The final answer as a string of digits (commas removed), or None. GSM8K's rule: the
+    number after the last '####'; a text without one falls back to its last number."""
+    if "####" in text:
+        m = _NUM.search(text.rsplit("####", 1)[1])
+        if m:
+            return m.group().replace(",", "")
+    nums = _NUM.findall(text)
+    return nums[-1].replace(",", "") if nums else None
+
+
+def is_correct(response: str, gold_answer: str, finished: bool = True) -> bool:
+    """Exact numeric match of the two final answers. An answer that never produced <|eos|>
+    (finished = False) is wrong whatever it says: it was cut off, not concluded."""
+    if not finished:
+        return False
+    got, want = extract_answer(response), extract_answer(gold_answer)
+    if got is None or want is None:
+        return False
+    try:
+        return float(got) == float(want)
+    except ValueError:
+        return False
 
 
 def prompt_text(question: str) -> str:

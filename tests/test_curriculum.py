@@ -1,5 +1,6 @@
 """curriculum.py: stage parsing, CLI errors, a tiny end-to-end run, resume, settings check."""
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,10 +19,20 @@ TINY = ["--stages", "4,8", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
         "--first-stage-steps", "2", "--stage-steps", "2", "--n-prompts", "4", "--k", "2",
         "--device", "cpu"]
 NAMES = ["sft4", "tstar4", "tstar8", "direct8", "norl8"]
+# every checkpoint at every B: dynamic at the sweep's four θ (0.9 = the main table's), static, ltr
+DECODES = [("dynamic", t) for t in (0.5, 0.7, 0.9, 0.99)] + [("static", None), ("ltr", None)]
+N_ROWS = len(NAMES) * 2 * len(DECODES)  # 60
 
 
-def curriculum(*args):
-    return subprocess.run([sys.executable, "curriculum.py", *args], cwd=ROOT, capture_output=True,
+def curriculum(*args, block_matplotlib=False):
+    """curriculum.py in a subprocess; block_matplotlib runs it as if matplotlib were not
+    installed (sys.modules[name] = None makes `import matplotlib` raise ImportError)."""
+    cmd = [sys.executable, "curriculum.py", *args]
+    if block_matplotlib:
+        cmd = [sys.executable, "-c", "import runpy, sys; sys.modules['matplotlib'] = None; "
+               "sys.argv = sys.argv[1:]; runpy.run_path('curriculum.py', run_name='__main__')",
+               "curriculum.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))  # tiny models: one thread
 
 
@@ -70,7 +81,7 @@ def _mtimes(out):
 def _rows(out):
     with open(os.path.join(out, "results.json")) as f:
         rows = json.load(f)
-    return {(r["method"], r["decode_block"], r["rule"]): r for r in rows}, len(rows)
+    return {(r["method"], r["decode_block"], r["rule"], r["threshold"]): r for r in rows}, len(rows)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +99,14 @@ def test_end_to_end_outputs(tiny_run):
         with open(os.path.join(out, f"{n}.pt.json")) as f:
             assert json.load(f)["config"]["n_embd"] == 32
     rows, n_rows = _rows(out)
-    want = {(n, B, rule) for n in NAMES for B in (4, 8) for rule in ("dynamic", "static")}
-    assert set(rows) == want and n_rows == len(want) == 20
+    want = {(n, B, rule, t) for n in NAMES for B in (4, 8) for rule, t in DECODES}
+    assert set(rows) == want and n_rows == len(want) == N_ROWS
     for r in rows.values():
         assert r["n"] == 20 and 0.0 <= r["accuracy"] <= 1.0 and r["tpf"] > 0 and r["device"] == "cpu"
         assert r["left_to_right"] is not None and "stamp" not in r
+        assert r["distance"] == 0 and r["trained_block"] in (4, 8)
+    # static and ltr commit one token per step: never more than one token per forward
+    assert all(r["tpf"] <= 1.0 for k, r in rows.items() if k[2] in ("static", "ltr"))
     # RL histories: 2 steps per T* stage; direct gets T*'s total budget
     for n, steps in (("tstar4", 2), ("tstar8", 2), ("direct8", 4)):
         with open(os.path.join(out, f"{n}.pt.json")) as f:
@@ -100,7 +114,21 @@ def test_end_to_end_outputs(tiny_run):
     md = open(os.path.join(out, "results.md")).read()
     for n in NAMES:
         assert f"| {n} | " in md
+    # the main table keeps its columns; the frontier table follows it
+    assert "| checkpoint | B=4 dynamic | B=4 static | B=8 dynamic | B=8 static |" in md
+    assert "| checkpoint | B=4 TPF≥2 | B=4 TPF≥3 | B=8 TPF≥2 | B=8 TPF≥3 |" in md
+    assert "sweep decodes beyond the main table took" in md
+    for png in ("frontier.png", "rewards.png"):  # with matplotlib: real pictures (.ci/run has it)
+        if importlib.util.find_spec("matplotlib"):
+            assert f"picture: {os.path.join(out, png)}" in p.stdout
+            with open(os.path.join(out, png), "rb") as f:
+                assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert f"{png} skipped (no matplotlib" in p.stdout
     assert "# T* results: --stages 4,8" in p.stdout
+    # the first training line comes before any held-out loss: '-', not 'nan'
+    first = next(l for l in p.stdout.splitlines() if l.startswith("ar step"))
+    assert "held-out - |" in first and "held-out nan" not in p.stdout
 
 
 def test_resume_rebuilds_only_the_missing_stage(tiny_run):
@@ -119,9 +147,9 @@ def test_resume_rebuilds_only_the_missing_stage(tiny_run):
     assert "tstar4 step" not in p.stdout and "tstar8 step" in p.stdout
     # evaluation is cached by checkpoint mtime: only the rebuilt checkpoint is re-evaluated
     evals = [l.split()[1] for l in p.stdout.splitlines() if l.startswith("eval ")]
-    assert evals == ["tstar8"] * 4
+    assert evals == ["tstar8"] * 2 * len(DECODES)
     rows_after, n_rows = _rows(out)
-    assert n_rows == 20 and set(rows_after) == set(rows_before)
+    assert n_rows == N_ROWS and set(rows_after) == set(rows_before)
     for k, r in rows_after.items():  # same seeds, same model: the same numbers
         assert (r["accuracy"], r["tpf"]) == (rows_before[k]["accuracy"], rows_before[k]["tpf"]), k
 
@@ -151,6 +179,42 @@ def test_resume_rebuilds_every_descendant_of_a_missing_stage(tiny_run):
             recorded = json.load(f)["parent_sha256"]
         with open(os.path.join(out, f"{parent}.pt"), "rb") as f:
             assert recorded == hashlib.sha256(f.read()).hexdigest(), child
+
+
+def test_without_matplotlib_pictures_are_skipped_in_one_line_each(tiny_run):
+    """The same (finished) run with matplotlib missing: nothing is re-evaluated (the sweep
+    is cached too), each picture is one 'skipped' line, and the run still finishes."""
+    out, _ = tiny_run
+    p = curriculum(*TINY, "--out", out, block_matplotlib=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.splitlines()
+    for png in ("frontier.png", "rewards.png"):
+        assert sum(l.startswith(png) for l in lines) == 1  # (results.md's text names frontier.png too)
+        assert f"{png} skipped (no matplotlib: pip install -r requirements-plots.txt)" in lines
+    assert not any(l.startswith(("eval ", "picture:")) for l in lines)
+    assert "# T* results: --stages 4,8" in p.stdout and "Traceback" not in p.stderr
+
+
+def test_eval_math_sweep_one_checkpoint(tiny_run, tmp_path):
+    """eval_math.py --sweep: every θ plus static and ltr at every block size given, as rows,
+    and the frontier picture (or its one skip line)."""
+    out, _ = tiny_run
+    png = tmp_path / "f.png"
+    p = subprocess.run([sys.executable, "eval_math.py", "--ckpt", os.path.join(out, "sft4.pt"), "--sweep",
+                        "--block-size", "4,8", "--sweep-thresholds", "0.6,0.95", "--n", "8", "--json",
+                        "--plot", str(png), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = json.loads(p.stdout)
+    assert [(r["block_size"], r["rule"], r["threshold"]) for r in rows] == \
+        [(B, rule, t) for B in (4, 8) for rule, t in (("dynamic", 0.6), ("dynamic", 0.95), ("static", None),
+                                                      ("ltr", None))]
+    assert all(r["n"] == 8 and r["method"] == "sft4" for r in rows)
+    assert png.exists() == bool(importlib.util.find_spec("matplotlib"))
+    one = subprocess.run([sys.executable, "eval_math.py", "--ckpt", os.path.join(out, "sft4.pt"),
+                          "--block-size", "4,8"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = one_error_line(one)  # a list of block sizes needs --sweep
+    assert "--block-size" in line
 
 
 def test_resume_with_other_settings_fails_in_one_line(tiny_run):
@@ -187,7 +251,7 @@ def test_seeds_run_one_ladder_per_seed_and_aggregate(tmp_path):
     per_seed = {}
     for s in (0, 1):
         rows, n_rows = _rows(str(out / f"seed{s}"))  # each seed folder keeps today's results.json
-        assert n_rows == 20
+        assert n_rows == N_ROWS
         per_seed[s] = rows
         settings = json.loads((out / f"seed{s}" / "settings.json").read_text())
         assert settings["seed"] == s and "seeds" not in settings
@@ -195,9 +259,9 @@ def test_seeds_run_one_ladder_per_seed_and_aggregate(tmp_path):
     assert any(per_seed[0][k]["accuracy"] != per_seed[1][k]["accuracy"] or
                per_seed[0][k]["tpf"] != per_seed[1][k]["tpf"] for k in per_seed[0])
     agg = json.loads((out / "aggregate.json").read_text())
-    assert len(agg) == 20
+    assert len(agg) == N_ROWS  # one row per decode, the sweep's θ kept apart
     for r in agg:
-        k = (r["method"], r["decode_block"], r["rule"])
+        k = (r["method"], r["decode_block"], r["rule"], r["threshold"])
         accs = [per_seed[s][k]["accuracy"] for s in (0, 1)]
         assert r["accuracy_per_seed"] == accs and r["seeds"] == [0, 1]
         assert r["accuracy"] == pytest.approx(sum(accs) / 2)
@@ -205,6 +269,11 @@ def test_seeds_run_one_ladder_per_seed_and_aggregate(tmp_path):
         assert r["tpf"] == pytest.approx((per_seed[0][k]["tpf"] + per_seed[1][k]["tpf"]) / 2)
     md = (out / "aggregate.md").read_text()
     assert "over seeds 0,1" in md and "| tstar8 | " in md and "per seed" in md
+    # the main table shows dynamic at --eval-threshold (0.9), not another θ of the sweep
+    main = next(r for r in agg if (r["method"], r["decode_block"], r["rule"], r["threshold"]) ==
+                ("tstar8", 8, "dynamic", 0.9))
+    row = next(l for l in md.splitlines() if l.startswith("| tstar8 | "))
+    assert row.split(" | ")[3].startswith(f"{100 * main['accuracy']:.1f} (")
     assert "# T* results over seeds 0,1" in p.stdout
 
 

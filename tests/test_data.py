@@ -11,7 +11,7 @@ import torch
 from data.task import (LEVELS, WORD_TEMPLATES, DataError, encode_answers, encode_prompts,
                        make_splits, read_jsonl)
 from data.tokenizer import EOS_ID, MASK_ID, PAD_ID, get_tokenizer
-from eval_math import extract_answer, is_correct
+from data.task import extract_answer, is_correct
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

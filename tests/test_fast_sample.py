@@ -6,12 +6,18 @@ same inputs and seed, eager and compiled, on CPU and (when there is one) on CUDA
 
 The compiled CPU cases cost a one-off inductor/gcc compile (tens of seconds cold; the
 on-disk cache makes later runs quicker)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from model import GPT
 from fast_sample import generate_fast
 from sample import generate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # inductor's C++ wrapper imports a deprecated torch.jit helper; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
@@ -118,3 +124,12 @@ def test_eager_fast_path_equals_generate_with_commit_distance(tiny32, prompts, d
     ref = generate(tiny32, prompts, 16, "dynamic", 0.3, None, 1.0, g(), distance=distance)
     out = generate_fast(tiny32, prompts, 16, "dynamic", 0.3, None, 1.0, g(), compile=False, distance=distance)
     _assert_same(ref, out)
+
+
+def test_fast_sample_cli_is_sample_cli():
+    """`python fast_sample.py` is sample.py's command line with the compiled sampler (how
+    `--fast` works now that sample.py does not import fast_sample)."""
+    r = subprocess.run([sys.executable, "fast_sample.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "compiled sampler" in r.stdout and "--ckpt" in r.stdout and "--show" in r.stdout

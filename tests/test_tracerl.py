@@ -9,7 +9,7 @@ import torch
 import tracerl
 from data.task import encode_prompts, make_splits
 from data.tokenizer import decode
-from eval_math import is_correct
+from data.task import is_correct
 from model import GPTConfig
 from sample import commit_ranks, generate
 from tracerl import (add_rl_args, group_advantages, policy_loss, rl_step, row_logprobs,

@@ -1,0 +1,171 @@
+"""What a finished run writes: the tables, the pictures, and the table over seeds.
+
+    python curriculum.py --stages 4,8,16 --out runs/tstar     # ends with report() and pictures()
+    python curriculum.py --stages 4,8 --seeds 0,1,2 --out runs/s   # ... and aggregate()
+
+curriculum.py trains and evaluates; this file only reads what that produced (evaluation
+rows, the checkpoints' RL histories, the seed folders' results.json) and turns it into:
+  * results.md / results.json / stdout: the main table (every checkpoint at every block
+    size, dynamic at --eval-threshold and static), the frontier table, Ŝ statistics at
+    each checkpoint's own block, the reward sparklines, and the one-line comparison;
+  * frontier.png (accuracy vs TPF) and rewards.png (reward per RL step), via plots.py,
+    each skipped with one line when matplotlib is missing;
+  * aggregate.md / aggregate.json over training seeds (--seeds): mean and min-max.
+A row is keyed by (checkpoint, decode B, rule, θ): the frontier sweep puts several
+dynamic rows, one per θ, in every (checkpoint, B) cell.
+"""
+import json
+import os
+
+import plots
+
+# eight levels of a reward in [0, 1]: the reward curve fits one terminal line
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values):
+    """Rewards in [0, 1] as one character each (▁ = 0, █ = 1)."""
+    return "".join(SPARK[min(int(v * len(SPARK)), len(SPARK) - 1)] for v in values)
+
+
+def aggregate(out, seeds, stages, threshold=0.9):
+    """The table over seeds: every (checkpoint, decode B, rule, θ) cell of the seed folders'
+    results.json as mean and min-max of accuracy and TPF. Writes OUT/aggregate.json (one
+    row per cell, with the per-seed values) and OUT/aggregate.md, and prints the table of
+    the main decodes (dynamic at `threshold`, static)."""
+    # θ is part of the key: the frontier sweep puts several dynamic rows in every cell
+    per_seed = []
+    for s in seeds:
+        with open(os.path.join(out, f"seed{s}", "results.json")) as f:
+            per_seed.append({(r["method"], r["decode_block"], r["rule"], r.get("threshold")): r
+                             for r in json.load(f)})
+    rows = []
+    for key, first in per_seed[0].items():
+        if any(key not in p for p in per_seed):
+            continue  # a decode only some seeds ran (other --sweep-thresholds): no mean to take
+        acc = [p[key]["accuracy"] for p in per_seed]
+        tpf = [p[key]["tpf"] for p in per_seed]
+        rows.append(dict(method=key[0], trained_block=first.get("trained_block"), decode_block=key[1],
+                         rule=key[2], threshold=key[3], seeds=seeds,
+                         accuracy=sum(acc) / len(acc), accuracy_min=min(acc), accuracy_max=max(acc),
+                         accuracy_per_seed=acc, tpf=sum(tpf) / len(tpf), tpf_per_seed=tpf))
+    with open(os.path.join(out, "aggregate.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    by_key = {(r["method"], r["decode_block"], r["rule"], r["threshold"]): r for r in rows}
+    get = lambda k: by_key[k + ((threshold,) if k[2] == "dynamic" else (None,))]  # the main decodes
+    cell = lambda r: (f"{100 * r['accuracy']:.1f} ({100 * r['accuracy_min']:.1f}-{100 * r['accuracy_max']:.1f})"
+                      f" / {r['tpf']:.2f}")
+    lines = [f"# T* results over seeds {','.join(map(str, seeds))}: --stages {','.join(map(str, stages))}", "",
+             f"Cells: mean accuracy % (min-max over the {len(seeds)} training seeds) / mean tokens per "
+             f"forward; greedy, {first['n']} test problems. Per-seed tables: seed*/results.md.", "",
+             "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
+             "|---|" + "---|---|" * len(stages)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(cell(get((n, B, rule))) for B in stages
+                                               for rule in ("dynamic", "static")) + " |")
+    if len(stages) > 1:  # the comparison the run exists for, seed by seed
+        B0, Bl = stages[0], stages[-1]
+        acc = lambda m, B: get((m, B, "dynamic"))["accuracy_per_seed"]
+        gap = [100 * (t - d) for t, d in zip(acc(f"tstar{Bl}", Bl), acc(f"direct{Bl}", Bl))]
+        keep = [t / b if b else 0.0 for t, b in zip(acc(f"tstar{Bl}", Bl), acc(f"tstar{B0}", B0))]
+        lines += ["", f"T*@{Bl} minus direct@{Bl} at B={Bl} dynamic, per seed: "
+                      + ", ".join(f"{g:+.1f}" for g in gap) + " points; T*@" + f"{Bl} keeps "
+                      + ", ".join(f"{100 * k:.0f}" for k in keep) + f" % of the B={B0} model's accuracy."]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "aggregate.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+
+
+def report(run, names, stages, results, seconds, a, seed):
+    """results.md, results.json and the table on stdout. The main table shows the main
+    decodes (dynamic at --eval-threshold, static); the frontier table condenses the sweep."""
+    by_key = {(r["method"], r["decode_block"], r["rule"], r["threshold"]): r for r in results}
+    # the main table's cell: static rows carry no θ, dynamic ones the --eval-threshold one
+    get = lambda k: by_key[k + ((a.eval_threshold,) if k[2] == "dynamic" else (None,))]
+    lines = [f"# T* results: --stages {','.join(map(str, stages))}",
+             "",
+             f"Greedy decoding of {results[0]['n']} test problems; dynamic θ = {a.eval_threshold}, "
+             f"static = one token per step. Cells: accuracy % / tokens per forward. "
+             f"Device {results[0]['device']}, seed {seed}, wall time {seconds / 60:.1f} min. "
+             f"Commit distance per B (0 = anywhere in the block): "
+             + ", ".join(f"B={B}: {get((names[0], B, 'static')).get('distance', 0)}" for B in stages) + ".",
+             "",
+             "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
+             "|---|" + "---|---|" * len(stages)]
+    for n in names:
+        cells = []
+        for B in stages:
+            for rule in ("dynamic", "static"):
+                r = get((n, B, rule))
+                cells.append(f"{100 * r['accuracy']:.1f} / {r['tpf']:.2f}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += frontier_section(results, names, stages, a)
+    lines += ["", "Ŝ, from the dynamic-rule traces at each checkpoint's own block size "
+                  "(left-to-right fraction of steps, Kendall τ position vs step, tokens per step):", ""]
+    lines += ["| checkpoint | decode B | left-to-right | Kendall τ | tokens/step |", "|---|---|---|---|---|"]
+    for n in names:
+        for B in stages:
+            r = get((n, B, "dynamic"))
+            if n.startswith("sft") or r["trained_block"] == B:  # SFT at every B, others at their own
+                lines.append(f"| {n} | {B} | {r['left_to_right']:.2f} | {r['kendall_tau']:.2f} | "
+                             f"{r['tokens_per_step']:.2f} |")
+    lines += ["", "Rollout reward per RL step (▁ = 0, █ = 1):", ""]
+    for n in names:
+        if n.startswith(("tstar", "direct")):
+            _, meta = run.load(n)
+            h = [x["reward"] for x in meta["rl_history"]]
+            lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps)")
+    if len(stages) > 1:
+        B0, Bl = stages[0], stages[-1]
+        base = get((f"tstar{B0}", B0, "dynamic"))
+        ts, di, no = (get((f"{m}{Bl}", Bl, "dynamic")) for m in ("tstar", "direct", "norl"))
+        lines += ["", f"T* at B={Bl}: {100 * ts['accuracy']:.1f}% at TPF {ts['tpf']:.2f}, vs the B={B0} "
+                      f"model at B={B0}: {100 * base['accuracy']:.1f}% at TPF {base['tpf']:.2f} "
+                      f"(TPF x{ts['tpf'] / base['tpf']:.2f}); direct {100 * di['accuracy']:.1f}%, "
+                      f"no-RL {100 * no['accuracy']:.1f}% at B={Bl} (dynamic)."]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(run.out, "results.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(run.out, "results.json"), "w") as f:
+        json.dump([{k: v for k, v in r.items() if k != "stamp"} for r in results], f, indent=1)
+    print("\n" + text)
+
+
+def frontier_section(results, names, stages, a):
+    """results.md's frontier table: the best accuracy each checkpoint reaches at TPF ≥ 2 and
+    ≥ 3 among all its decodes at a block size, and what the sweep cost. The main table
+    answers "how good at θ = 0.9"; this one the paper's question, "how good at a given
+    parallelism", which a checkpoint may reach only at another θ. Empty without a sweep."""
+    thetas = sorted({r["threshold"] for r in results if r["rule"] == "dynamic"})
+    if len(thetas) < 2:
+        return []
+    main = [r for r in results if (r["rule"], r["threshold"]) in (("dynamic", a.eval_threshold), ("static", None))]
+    total = sum(r["seconds"] for r in results)
+    extra = total - sum(r["seconds"] for r in main)
+    return (["", "Frontier (frontier.png): the best accuracy % / its TPF (decode) at each TPF floor, among "
+                 "dynamic θ ∈ {" + ", ".join(f"{t:g}" for t in thetas) + "}, static and ltr; - = no decode "
+                 "gets there.", ""]
+            + plots.frontier_table(results, names, stages)
+            + ["", f"Decoding took {total:.0f} s for {len(results)} decodes; the {len(results) - len(main)} "
+                   f"sweep decodes beyond the main table took {extra:.0f} s of it."])
+
+
+def pictures(run, names, stages, results):
+    """frontier.png and rewards.png in the run folder, one line each: written, or skipped
+    when matplotlib is missing (it is optional: the run's numbers never depend on it)."""
+    curves, done = [], 0
+    for n in names:  # T*'s stages one after another on the step axis, direct from step 0
+        if n.startswith(("tstar", "direct")):
+            h = [x["reward"] for x in run.load(n)[1]["rl_history"]]
+            curves.append((n, h, done if n.startswith("tstar") else 0))
+            done += len(h) if n.startswith("tstar") else 0
+    what = f"greedy, {results[0]['n']} test problems"
+    draws = {"frontier.png": lambda p: plots.frontier(results, names, stages, p,
+                                                      f"accuracy vs tokens per forward, {what}"),
+             "rewards.png": lambda p: plots.rewards(curves, p, "rollout reward per RL step (T* stages; direct)")}
+    for fname, draw in draws.items():
+        path = os.path.join(run.out, fname)
+        print(f"picture: {path}" if draw(path) else
+              f"{fname} skipped (no matplotlib: pip install -r requirements-plots.txt)", flush=True)

@@ -131,15 +131,22 @@ def test_end_to_end_outputs(tiny_run):
     assert "held-out - |" in first and "held-out nan" not in p.stdout
 
 
-def test_resume_rebuilds_only_the_missing_stage(tiny_run):
-    out, _ = tiny_run
+def _delete_and_rerun(out, name):
+    """Delete checkpoint `name`, resume the tiny run; (mtimes before, mtimes after, process).
+    The same checkpoints exist afterwards: a resume rebuilds, it never drops or adds one."""
     before = _mtimes(out)
-    rows_before, _ = _rows(out)
-    os.remove(os.path.join(out, "tstar8.pt"))
+    os.remove(os.path.join(out, f"{name}.pt"))
     p = curriculum(*TINY, "--out", out)
     assert p.returncode == 0, p.stderr[-3000:]
     after = _mtimes(out)
     assert set(after) == set(before)
+    return before, after, p
+
+
+def test_resume_rebuilds_only_the_missing_stage(tiny_run):
+    out, _ = tiny_run
+    rows_before, _ = _rows(out)
+    before, after, p = _delete_and_rerun(out, "tstar8")
     for f in before:
         if f != "tstar8.pt":
             assert after[f] == before[f], f  # ar, sft4, tstar4, direct8, norl8 untouched
@@ -159,12 +166,7 @@ def test_resume_rebuilds_every_descendant_of_a_missing_stage(tiny_run):
     makes tstar8, trained from the old tstar4, stale, so it is rebuilt as well; direct8 and
     norl8 hang off sft4 and are kept."""
     out, _ = tiny_run
-    before = _mtimes(out)
-    os.remove(os.path.join(out, "tstar4.pt"))
-    p = curriculum(*TINY, "--out", out)
-    assert p.returncode == 0, p.stderr[-3000:]
-    after = _mtimes(out)
-    assert set(after) == set(before)
+    before, after, p = _delete_and_rerun(out, "tstar4")
     for f in before:
         rebuilt = f in ("tstar4.pt", "tstar8.pt")
         assert (after[f] != before[f]) == rebuilt, f

@@ -71,7 +71,7 @@ def commit_ranks(fwd, block_size: int):
     """Within-block commit rank of every position of a trace fwd [..., A]: 0 for the tokens
     the block's first denoising step committed, 1 for its second, and so on; -1 where
     never decoded. The one definition of "the r-th step of a block" that TraceRL's rounds
-    (tracerl.round_ranks) and the schedule analysis (schedule.py) share. A row's forward
+    (traces.round_ranks) and the schedule analysis (schedule.py) share. A row's forward
     indices are global (they keep counting across blocks), so ranks are taken per block."""
     *lead, A = fwd.shape
     f = F.pad(fwd, (0, (-A) % block_size), value=-1).view(*lead, -1, block_size)

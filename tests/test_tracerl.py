@@ -12,8 +12,8 @@ from data.tokenizer import decode
 from data.task import is_correct
 from model import GPTConfig
 from sample import commit_ranks, generate
-from tracerl import (add_rl_args, group_advantages, policy_loss, rl_step, row_logprobs,
-                     round_ranks, run_tracerl, trace_rows)
+from tracerl import add_rl_args, group_advantages, policy_loss, rl_step, run_tracerl
+from traces import round_ranks, row_logprobs, trace_rows
 from train import run_ar, run_sft
 
 BIG = 10 ** 6  # round_ranks' rank of a never-decoded position

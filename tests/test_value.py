@@ -8,7 +8,8 @@ import torch
 from data.tokenizer import MASK_ID
 from model import training_layout
 from sample import generate
-from tracerl import add_rl_args, rl_update, row_logprobs, trace_rows
+from tracerl import add_rl_args, rl_update
+from traces import row_logprobs, trace_rows
 from value import Critic, ValueModel, row_values, token_advantages, value_loss
 
 # block size 4, as in test_tracerl: block 0 commits pos 0, then 2+3, then 1; block 1

@@ -10,14 +10,19 @@ rows, the checkpoints' RL histories, the seed folders' results.json) and turns i
     each checkpoint's own block, the reward sparklines, and the one-line comparison;
   * frontier.png (accuracy vs TPF) and rewards.png (reward per RL step), via plots.py,
     each skipped with one line when matplotlib is missing;
-  * aggregate.md / aggregate.json over training seeds (--seeds): mean and min-max.
+  * aggregate.md / aggregate.json over training seeds (--seeds): mean and min-max;
+  * the scale table over several finished runs (one row per run folder), from the command line:
+        python report.py --scale runs/w runs/scale/L8 runs/scale/E256 --out docs/scale.md
 A row is keyed by (checkpoint, decode B, rule, θ): the frontier sweep puts several
 dynamic rows, one per θ, in every (checkpoint, B) cell.
 """
+import argparse
+import glob
 import json
 import os
 
 import plots
+from model import GPT, GPTConfig
 
 # eight levels of a reward in [0, 1]: the reward curve fits one terminal line
 SPARK = "▁▂▃▄▅▆▇█"
@@ -169,3 +174,79 @@ def pictures(run, names, stages, results):
         path = os.path.join(run.out, fname)
         print(f"picture: {path}" if draw(path) else
               f"{fname} skipped (no matplotlib: pip install -r requirements-plots.txt)", flush=True)
+
+
+def load_seed_results(folder):
+    """A run folder's evaluation rows, one list per training seed: the folder's own
+    results.json (one seed), or every seed*/results.json under it (--seeds)."""
+    files = ([os.path.join(folder, "results.json")] if os.path.exists(os.path.join(folder, "results.json"))
+             else sorted(glob.glob(os.path.join(folder, "seed*", "results.json"))))
+    if not files:
+        raise SystemExit(f"error: {folder} holds no results.json (nor seed*/results.json): not a finished run")
+    out = []
+    for path in files:
+        with open(path) as f:
+            out.append({(r["method"], r["decode_block"], r["rule"], r.get("threshold")): r for r in json.load(f)})
+    settings = os.path.join(os.path.dirname(files[0]), "settings.json")
+    with open(settings) as f:
+        return out, json.load(f)
+
+
+def scale_row(folder, threshold=0.9):
+    """One scale-table row: the model, its supervised budget, the B=B0 SFT model at every block
+    size (dynamic at `threshold` and left-to-right), and T*, direct and no-RL at the last B.
+    Cells are the mean over the folder's seeds, with min-max when there are several."""
+    per_seed, st = load_seed_results(folder)
+    cfg = GPTConfig(**st["model"])
+    params = sum(p.numel() for p in GPT(cfg).parameters())
+    keys = per_seed[0].keys()
+    blocks = sorted({k[1] for k in keys})
+    B0, Bl = blocks[0], blocks[-1]
+
+    def cell(method, B, rule):
+        key = (method, B, rule, threshold if rule == "dynamic" else None)
+        acc = [100 * p[key]["accuracy"] for p in per_seed if key in p]
+        if len(acc) < len(per_seed):
+            return "-"  # a decode some seed did not run (an older run without the ltr sweep)
+        mean = sum(acc) / len(acc)
+        return f"{mean:.1f}" + (f" ({min(acc):.0f}-{max(acc):.0f})" if len(acc) > 1 else "")
+
+    gap = [100 * (p[("tstar%d" % Bl, Bl, "dynamic", threshold)]["accuracy"]
+                  - p[("direct%d" % Bl, Bl, "dynamic", threshold)]["accuracy"]) for p in per_seed]
+    sft = f"sft{B0}"
+    # a run that decodes within a commit distance (--reach-previous) says so in its name
+    dist_l = per_seed[0][("tstar%d" % Bl, Bl, "dynamic", threshold)].get("distance", 0)
+    name = os.path.normpath(folder) + (f" (D={dist_l} at B={Bl})" if dist_l else "")
+    return ([name, f"{params / 1e6:.2f}M", f"{cfg.n_layer}x{cfg.n_embd}",
+             f"{st['ar_steps']}/{st['sft_steps']}", str(len(per_seed))]
+            + [cell(sft, B, rule) for B in blocks for rule in ("dynamic", "ltr")]
+            + [cell(f"{m}{Bl}", Bl, "dynamic") for m in ("tstar", "direct", "norl")]
+            + [", ".join(f"{g:+.1f}" for g in gap)]), blocks
+
+
+def scale_table(folders, threshold=0.9):
+    """The scale table (issue 11): one row per finished run folder, as markdown lines."""
+    rows = [scale_row(f, threshold) for f in folders]
+    blocks = rows[0][1]
+    if any(b != blocks for _, b in rows):
+        raise SystemExit("error: the runs decode different block sizes; give runs of one --stages ladder")
+    B0, Bl = blocks[0], blocks[-1]
+    head = (["run", "params", "layers x width", "AR/SFT steps", "seeds"]
+            + [f"sft{B0} @{B} {rule}" for B in blocks for rule in ("dyn", "ltr")]
+            + [f"T*@{Bl}", f"direct@{Bl}", f"no-RL@{Bl}", "T* - direct (per seed)"])
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            + ["| " + " | ".join(r) + " |" for r, _ in rows])
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="tables over finished runs")
+    ap.add_argument("--scale", nargs="+", required=True, metavar="RUN",
+                    help="finished run folders (one seed, or a --seeds parent); one table row each")
+    ap.add_argument("--threshold", type=float, default=0.9, help="θ of the dynamic cells")
+    ap.add_argument("--out", default=None, help="also write the table to this markdown file")
+    a = ap.parse_args()
+    text = "\n".join(scale_table(a.scale, a.threshold)) + "\n"
+    print(text, end="")
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)

@@ -215,8 +215,8 @@ def scale_row(folder, threshold=0.9):
                   - p[("direct%d" % Bl, Bl, "dynamic", threshold)]["accuracy"]) for p in per_seed]
     sft = f"sft{B0}"
     # a run that decodes within a commit distance (--reach-previous) says so in its name
-    dist_l = per_seed[0][("tstar%d" % Bl, Bl, "dynamic", threshold)].get("distance", 0)
-    name = os.path.normpath(folder) + (f" (D={dist_l} at B={Bl})" if dist_l else "")
+    reach = [(B, per_seed[0][(f"sft{B0}", B, "dynamic", threshold)].get("distance", 0)) for B in blocks]
+    name = os.path.normpath(folder) + "".join(f", D={d} at B={B}" for B, d in reach if d)
     return ([name, f"{params / 1e6:.2f}M", f"{cfg.n_layer}x{cfg.n_embd}",
              f"{st['ar_steps']}/{st['sft_steps']}", str(len(per_seed))]
             + [cell(sft, B, rule) for B in blocks for rule in ("dynamic", "ltr")]
@@ -247,6 +247,12 @@ if __name__ == "__main__":
     a = ap.parse_args()
     text = "\n".join(scale_table(a.scale, a.threshold)) + "\n"
     print(text, end="")
-    if a.out:
+    if a.out:  # the file says how it was made and how to read it
+        head = ["# Scale table", "", "    python report.py --scale " + " ".join(a.scale), "",
+                f"Accuracy %, greedy, on the test split; dynamic = θ {a.threshold}, ltr = one token per step "
+                "left to right; a row over several seeds shows the mean (min-max). sft cells: the first "
+                "stage's SFT model decoded at every block size; T*, direct, no-RL: the last stage's "
+                "checkpoints at the last block size. D = the commit distance a --reach-previous run "
+                "decodes with.", ""]
         with open(a.out, "w") as f:
-            f.write(text)
+            f.write("\n".join(head) + "\n" + text)

@@ -12,7 +12,7 @@ rows, the checkpoints' RL histories, the seed folders' results.json) and turns i
     each skipped with one line when matplotlib is missing;
   * aggregate.md / aggregate.json over training seeds (--seeds): mean and min-max;
   * the scale table over several finished runs (one row per run folder), from the command line:
-        python report.py --scale runs/w runs/scale/L8 runs/scale/E256 --out docs/scale.md
+        python report.py --scale runs/w runs/scale/L8 runs/scale/sft3000 --out docs/scale.md
 A row is keyed by (checkpoint, decode B, rule, θ): the frontier sweep puts several
 dynamic rows, one per θ, in every (checkpoint, B) cell.
 """
@@ -211,11 +211,11 @@ def scale_row(folder, threshold=0.9):
         mean = sum(acc) / len(acc)
         return f"{mean:.1f}" + (f" ({min(acc):.0f}-{max(acc):.0f})" if len(acc) > 1 else "")
 
-    gap = [100 * (p[("tstar%d" % Bl, Bl, "dynamic", threshold)]["accuracy"]
-                  - p[("direct%d" % Bl, Bl, "dynamic", threshold)]["accuracy"]) for p in per_seed]
+    gap = [100 * (p[(f"tstar{Bl}", Bl, "dynamic", threshold)]["accuracy"]
+                  - p[(f"direct{Bl}", Bl, "dynamic", threshold)]["accuracy"]) for p in per_seed]
     sft = f"sft{B0}"
     # a run that decodes within a commit distance (--reach-previous) says so in its name
-    reach = [(B, per_seed[0][(f"sft{B0}", B, "dynamic", threshold)].get("distance", 0)) for B in blocks]
+    reach = [(B, per_seed[0][(sft, B, "dynamic", threshold)].get("distance", 0)) for B in blocks]
     name = os.path.normpath(folder) + "".join(f", D={d} at B={B}" for B, d in reach if d)
     return ([name, f"{params / 1e6:.2f}M", f"{cfg.n_layer}x{cfg.n_embd}",
              f"{st['ar_steps']}/{st['sft_steps']}", str(len(per_seed))]

@@ -278,13 +278,13 @@ def test_seeds_run_one_ladder_per_seed_and_aggregate(tmp_path):
     assert row.split(" | ")[3].startswith(f"{100 * main['accuracy']:.1f} (")
     assert "# T* results over seeds 0,1" in p.stdout
     # the scale table over finished runs: a --seeds parent row (mean, min-max) and a one-seed row
-    s = subprocess.run([sys.executable, "report.py", "--scale", str(out), str(out / "seed1"),
+    sc = subprocess.run([sys.executable, "report.py", "--scale", str(out), str(out / "seed1"),
                         "--out", str(tmp_path / "scale.md")], cwd=ROOT, capture_output=True, text=True)
-    assert s.returncode == 0, s.stderr[-3000:]
+    assert sc.returncode == 0, sc.stderr[-3000:]
     md = (tmp_path / "scale.md").read_text()
     assert md.startswith("# Scale table") and "python report.py --scale" in md
     lines = [l for l in md.splitlines() if l.startswith("|")]
-    assert s.stdout.splitlines() == lines  # the file holds the printed table, after its header
+    assert sc.stdout.splitlines() == lines  # the file holds the printed table, after its header
     assert lines[0].startswith("| run | params | layers x width | AR/SFT steps | seeds | sft4 @4 dyn | sft4 @4 ltr |")
     both, one = (l.split(" | ") for l in lines[2:4])
     assert both[4] == "2" and one[4] == "1" and both[3] == "20/20"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Experiment helper (docs/experiments.md E15), run from the repo root.
+# Experiment helper (docs/experiments.md E14), run from the repo root.
 # usage: docs/scripts/long16.sh STEPS SEED...: continue each seed's stage-16 checkpoints of runs/w
 # (tstar16, 30 steps; direct16, 70 steps) by STEPS more RL steps at B=16, then evaluate at B=16
 # and B=4 (dynamic θ 0.9). Both continuations get the same extra steps, so direct keeps T*'s total.

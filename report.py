@@ -33,17 +33,19 @@ def sparkline(values):
     return "".join(SPARK[min(int(v * len(SPARK)), len(SPARK) - 1)] for v in values)
 
 
+def read_results(path):
+    """One results.json as {(checkpoint, decode B, rule, θ): row}."""
+    with open(path) as f:
+        return {(r["method"], r["decode_block"], r["rule"], r.get("threshold")): r for r in json.load(f)}
+
+
 def aggregate(out, seeds, stages, threshold=0.9):
     """The table over seeds: every (checkpoint, decode B, rule, θ) cell of the seed folders'
     results.json as mean and min-max of accuracy and TPF. Writes OUT/aggregate.json (one
     row per cell, with the per-seed values) and OUT/aggregate.md, and prints the table of
     the main decodes (dynamic at `threshold`, static)."""
     # θ is part of the key: the frontier sweep puts several dynamic rows in every cell
-    per_seed = []
-    for s in seeds:
-        with open(os.path.join(out, f"seed{s}", "results.json")) as f:
-            per_seed.append({(r["method"], r["decode_block"], r["rule"], r.get("threshold")): r
-                             for r in json.load(f)})
+    per_seed = [read_results(os.path.join(out, f"seed{s}", "results.json")) for s in seeds]
     rows = []
     for key, first in per_seed[0].items():
         if any(key not in p for p in per_seed):
@@ -183,10 +185,7 @@ def load_seed_results(folder):
              else sorted(glob.glob(os.path.join(folder, "seed*", "results.json"))))
     if not files:
         raise SystemExit(f"error: {folder} holds no results.json (nor seed*/results.json): not a finished run")
-    out = []
-    for path in files:
-        with open(path) as f:
-            out.append({(r["method"], r["decode_block"], r["rule"], r.get("threshold")): r for r in json.load(f)})
+    out = [read_results(path) for path in files]
     settings = os.path.join(os.path.dirname(files[0]), "settings.json")
     with open(settings) as f:
         return out, json.load(f)

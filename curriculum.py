@@ -45,7 +45,7 @@ from model import (CheckpointError, GPTConfig, add_model_args, config_from_args,
                    pick_device, save_checkpoint)
 from tracerl import add_rl_args, run_tracerl
 from report import aggregate, pictures, report
-from train import run_ar, run_sft
+from train import run_ar, run_sft, window_for
 
 # "cpu" is the argparse defaults (sized for a 2-core CPU, README). "gpu" is one flag away:
 # a 9.9M-parameter model, 4x the supervised steps at 4x the batch, 4x the rollouts per RL step
@@ -90,7 +90,9 @@ class Run:
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
-            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            # a flag added since the run was made is no difference while it stays off
+            diff = {k: (old.get(k), v) for k, v in settings.items()
+                    if old.get(k) != v and (k in old or v not in (None, False, 0, "", []))}
             if diff:
                 raise CheckpointError(f"{out} was made with other settings (stored vs now: {diff}); "
                                       f"use another --out or the same flags")
@@ -151,12 +153,31 @@ def reach(a, stages, B):
     return a.commit_distance
 
 
+def grown_spread(B0: int, B: int, k: int):
+    """--grow-spread (ours): the K commit distances of a group at block size B, evenly from
+    the first stage's block B0 (where the model is competent) up to B itself, written 0
+    (anywhere). A T* stage thus spreads its samples over distances up to its own block, the
+    spread growing with the stage; direct draws from the last block's spread at once. At B0
+    itself every sample decodes anywhere: no spread (None)."""
+    if B <= B0:
+        return None
+    return [0 if d >= B else d for d in (B0 + round(j * (B - B0) / max(1, k - 1)) for j in range(k))]
+
+
+def spread(a, stages, B):
+    """The rollout spread at block size B (tracerl --reach-spread): grown per stage with
+    --grow-spread, else --reach-spread as given (None = every sample at reach(a, stages, B))."""
+    return grown_spread(stages[0], B, a.k) if a.grow_spread else a.reach_spread
+
+
 def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a, seed, stages):
     """TraceRL at block_size from checkpoint `parent` (trained at prev_block_size), saved as
-    `name` (skipped if present and still `parent`'s child)."""
+    `name` (skipped if present and still `parent`'s child). With --ref-kl the reference is
+    the stage's start (`--ref-to stage`) or the first SFT model (`--ref-to base`)."""
     if run.have(name, parent):
         return run.load(name)[1]
     model, meta = run.load(parent)
+    ref = run.load(f"sft{stages[0]}")[0] if a.ref_kl > 0 and a.ref_to == "base" else None
     ra = argparse.Namespace(**vars(a))
     ra.block_size, ra.steps = block_size, steps
     hist = []
@@ -165,11 +186,15 @@ def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a,
         # on rollouts still decoded at the old block size.
         ra.rollout_block_size, ra.steps, ra.target_reward = prev_block_size, a.warmup_steps, 0.0
         ra.commit_distance = reach(a, stages, prev_block_size)
-        hist += run_tracerl(model, problems, ra, name=f"{name}-warmup", seed=seed)
+        ra.reach_spread = spread(a, stages, prev_block_size)
+        hist += run_tracerl(model, problems, ra, name=f"{name}-warmup", seed=seed, ref=ref)
         ra.steps, ra.target_reward = steps - len(hist), a.target_reward
     ra.rollout_block_size, ra.commit_distance = block_size, reach(a, stages, block_size)
+    ra.reach_spread = spread(a, stages, block_size)
+    if ra.reach_spread:
+        print(f"{name}: rollout commit distances per group {ra.reach_spread} (0 = anywhere)", flush=True)
     t0 = time.time()
-    hist += run_tracerl(model, problems, ra, name=name, seed=seed + 1)
+    hist += run_tracerl(model, problems, ra, name=name, seed=seed + 1, ref=ref)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
                 rl_history=hist, rl_seconds=time.time() - t0)
     run.save(name, model, meta, parent)
@@ -195,6 +220,12 @@ def main():
     ap.add_argument("--reach-previous", action="store_true",
                     help="at every stage after the first, rollouts and evaluation at block B commit only "
                          "within the previous stage's block size of the frontier (overrides --commit-distance there)")
+    ap.add_argument("--grow-spread", action="store_true",
+                    help="each stage's rollouts spread a group's K samples over commit distances from the "
+                         "first block size up to the stage's own (ours; overrides --reach-spread)")
+    ap.add_argument("--ref-to", default="stage", choices=["stage", "base"],
+                    help="the frozen reference of --ref-kl: the stage's starting weights, or the first "
+                         "block SFT model (sft{B0}) for every stage")
     add_model_args(ap)
     ap.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
     ap.add_argument("--sweep-thresholds", default=",".join(map(str, SWEEP_THRESHOLDS)),
@@ -216,12 +247,13 @@ def main():
     if a.quick:
         # overrides the budget flags: a smoke run, not a result
         a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
-    cfg = config_from_args(a)
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     # Every flag check that can fail does so here, before a run folder or a checkpoint is
     # written: a typo should cost a second, not a resumed run with mixed settings.
     try:
-        stages = parse_stages(a.stages, cfg.answer_len)
+        stages = parse_stages(a.stages, a.max_seq_len - a.prompt_len)
+        a.mask_window = window_for(stages[0], a.mask_window)
+        cfg = config_from_args(a)
         seeds = parse_seeds(a.seeds) if a.seeds else None
         parse_list(a.sweep_thresholds)
         if a.n_prompts < dist.world():

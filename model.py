@@ -308,9 +308,9 @@ def add_model_args(ap):
     ap.add_argument("--n-embd", type=int, default=d.n_embd, help="model width")
     ap.add_argument("--max-seq-len", type=int, default=d.max_seq_len, help="prompt area + answer area, in tokens")
     ap.add_argument("--prompt-len", type=int, default=d.prompt_len, help="prompt area in tokens (left-padded)")
-    ap.add_argument("--mask-window", type=int, default=d.mask_window,
-                    help="a noisy query sees <|mask|> keys only within this distance (ours; keep it at "
-                         "the first block size - 1 so the base is unchanged; -1 = off)")
+    ap.add_argument("--mask-window", type=int, default=None,
+                    help="a noisy query sees <|mask|> keys only within this distance (ours; default: "
+                         "the first block size - 1, so the base is unchanged; -1 = off)")
 
 
 def config_from_args(a) -> GPTConfig:

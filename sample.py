@@ -53,18 +53,24 @@ def top_k(score, cand, k: int):
     return torch.zeros_like(cand).scatter_(1, top, True) & cand
 
 
-def near_frontier(masked, distance: int):
+def near_frontier(masked, distance):
     """Commit distance (ours): of the masked positions [n, Tb], the candidates fewer than
-    `distance` places right of the row's leftmost mask (0 = every masked position). With
+    `distance` places right of the row's leftmost mask (0 = every masked position).
+    `distance` is one int for every row, or a [n] tensor of per-row distances (a rollout
+    group whose samples decode with a spread of distances, tracerl --reach-spread). With
     distance = 4 a B=16 block is decoded like a sliding B=4 block; raising it lets the
     model commit further ahead of the filled-in frontier, where a small-block model is
     confidently wrong (docs/design.md §5). Log-probs are unaffected: it only narrows
     which sampled tokens may be committed."""
-    if distance <= 0:
-        return masked
+    if isinstance(distance, int):
+        if distance <= 0:
+            return masked
+        distance = torch.full((masked.shape[0],), distance, device=masked.device)
+    d = torch.where(distance > 0, distance, masked.shape[1])  # 0: anywhere in the block
     idx = torch.arange(masked.shape[1], device=masked.device)
-    first = masked.long().argmax(1)  # leftmost mask (0 for a full row, which has no candidates)
-    return masked & (idx[None, :] < first[:, None] + distance)
+    # leftmost mask; a row with no mask gets 0, harmless: it has no candidate anyway
+    first = masked.long().argmax(1)
+    return masked & (idx[None, :] < (first + d)[:, None])
 
 
 def commit_ranks(fwd, block_size: int):
@@ -106,7 +112,8 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     """Decode the answer area for a batch of left-padded prompts [N, P].
 
     distance > 0 limits commits to masks fewer than `distance` places right of the block's
-    leftmost mask (`near_frontier`); 0 = anywhere in the block.
+    leftmost mask (`near_frontier`); 0 = anywhere in the block. A [N] tensor gives every
+    prompt row its own distance.
 
     rule "schedule" replays a fixed schedule Ŝ (schedule.py): a list whose j-th entry holds
     the in-block positions to commit at a block's j-th step, whatever the confidences.
@@ -130,6 +137,8 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     done = torch.zeros(N, dtype=torch.bool, device=dev)
     cache = KVCache(cfg, N, dev)
     alive = torch.arange(N, device=dev)  # batch indices of the sequences still decoding (in the cache)
+    if torch.is_tensor(distance):  # per-row distances follow their rows as rows finish
+        distance = distance.to(dev)
     pending, pending_bid = prompts, -1
     for b, start in enumerate(range(0, A, block_size)):
         end = min(start + block_size, A)
@@ -141,6 +150,10 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             if not need.any():
                 break
             logits = model.decode_step(cache, pending, pending_bid, blk, b).float()
+            # weights blown up by an update: say so, not a multinomial error (-inf is fine:
+            # GPT.head's <|mask|> and <|pad|> logits)
+            if (torch.isnan(logits) | torch.isposinf(logits)).any():
+                raise FloatingPointError("the model's logits are not finite")
             pending = pending[:, :0]
             if temperature > 0:
                 lp_all = F.log_softmax(logits / temperature, dim=-1)
@@ -152,7 +165,8 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
             # The commit rule. cand: the masked positions it may commit (all of them, or
             # those within the commit distance); conf: each sampled token's probability.
-            cand, conf = near_frontier(masked, distance), lp.exp()
+            reach = distance[alive] if torch.is_tensor(distance) else distance
+            cand, conf = near_frontier(masked, reach), lp.exp()
             if rule == "dynamic":  # everything above θ, else the single most confident one
                 commit = cand & (conf >= threshold)
                 commit |= top_k(conf, cand, 1) & ~commit.any(1, keepdim=True)

@@ -29,6 +29,7 @@ A_t = R − V(s_t)), binary reward only. Under torchrun the P prompts are split 
 on one rank), the loss is normalised by global counts and gradients are summed (dist.py).
 """
 import argparse
+import copy
 import math
 import os
 import sys
@@ -42,73 +43,114 @@ from data.task import (DataError, add_task_args, check_fit, encode_prompts, is_c
 from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
 from sample import generate
+from train import blew_up, finite
 from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss
 
 
 # ----------------------------------------------------------------------------- maths
 
-def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0)):
+def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0), correct: torch.Tensor = None):
     """rewards [P, K] -> (advantages [P, K], kept [P]). Population-std z-score inside each
-    group; a group is kept iff its accuracy lies in [lo, hi] and it has any variance."""
+    group; a group is kept iff its accuracy lies in [lo, hi] and it has any variance.
+    Accuracy is the mean of `correct` [P, K] (default: the rewards themselves, binary): with
+    a speed term a reward is more than 0/1, but the band still reads the share right."""
     mean = rewards.mean(1, keepdim=True)
     std = rewards.std(1, unbiased=False, keepdim=True)
     adv = torch.where(std > 0, (rewards - mean) / std.clamp_min(1e-8), torch.zeros_like(rewards))
-    acc = mean.squeeze(1)
+    acc = (rewards if correct is None else correct).mean(1)
     kept = (acc >= band[0]) & (acc <= band[1]) & (std.squeeze(1) > 0)
     return adv * kept[:, None], kept
 
 
+def k3(delta):
+    """Schulman's k3 estimator of KL per sampled token, delta = log π_θ − log π_other:
+    exp(−delta) − 1 + delta, >= 0 and 0 only at delta = 0."""
+    return torch.exp(-delta) - 1 + delta
+
+
 def policy_loss(new_lp, old_lp, adv, weight, eps: float = 0.2, beta: float = 0.01):
-    """PPO-clip + k3 KL, per target token. All [T] fp32; weight = 1/L_resp/n_resp.
-    Returns (loss, clip fraction, mean k3 KL)."""
+    """PPO-clip + k3 KL to π_old, per target token. All [T] fp32; weight = 1/L_resp/n_resp.
+    Returns (loss, clip fraction, mean k3 KL). The clip fraction counts the tokens whose
+    gradient PPO's min actually cuts: A > 0 with ρ > 1 + ε, A < 0 with ρ < 1 − ε."""
     delta = new_lp - old_lp
     ratio = delta.exp()
     pg = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
-    k3 = torch.exp(-delta) - 1 + delta
-    loss = (weight * (-pg + beta * k3)).sum()
-    clipped = ((ratio - 1).abs() > eps).float().mean() if ratio.numel() else ratio.new_zeros(())
-    return loss, clipped, k3.mean() if k3.numel() else k3.new_zeros(())
+    kl = k3(delta)
+    loss = (weight * (-pg + beta * kl)).sum()
+    cut = ((adv > 0) & (ratio > 1 + eps)) | ((adv < 0) & (ratio < 1 - eps))
+    clipped = cut.float().mean() if ratio.numel() else ratio.new_zeros(())
+    return loss, clipped, kl.mean() if kl.numel() else kl.new_zeros(())
+
+
+def reference_penalty(new_lp, ref_lp, weight, beta: float):
+    """β · k3 KL of the policy to a frozen reference (--ref-kl), per target token, weighted
+    like the policy loss. The KL in policy_loss is to π_old, the weights that sampled: at
+    --updates 1 it is exactly 0, so nothing there keeps a stage near where it started.
+    This term does (TraceRL's and most RL recipes' reference model). Returns (loss, mean k3)."""
+    kl = k3(new_lp - ref_lp)
+    return beta * (weight * kl).sum(), kl.mean() if kl.numel() else kl.new_zeros(())
 
 
 # ----------------------------------------------------------------------------- one RL step
 
+def sample_distances(n_groups: int, k: int, distance: int = 0, spread=None):
+    """Commit distance of every rollout sample [n_groups * k]: with a spread (--reach-spread,
+    ours), sample j of each group decodes with spread[j % len(spread)], so within one prompt
+    some samples may commit far from the frontier and some stay near it, and the group's
+    advantage says which was right; without one, every sample uses `distance`."""
+    per_sample = [spread[j % len(spread)] for j in range(k)] if spread else [distance] * k
+    return torch.tensor(per_sample, dtype=torch.long).repeat(n_groups)
+
+
 @torch.no_grad()
-def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0):
+def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0,
+            spread=None, speed_alpha: float = 0.0):
     """Pick P prompts from `problems` with the shared `gen` (every rank picks the same
     ones), sample K responses for this rank's share with `sample_gen` (default: gen), grade
     them. DDP: the P prompts are split across ranks, prompt p on rank p % world, each with
     all its K samples, so a group's mean and std (its advantage) are computed on the rank
-    that sampled it and no rewards need gathering. Returns a dict of tensors."""
+    that sampled it and no rewards need gathering.
+
+    The reward is 1 for a right answer, 0 otherwise; with speed_alpha > 0 a right answer
+    earns 1 + speed_alpha * TPF of its own decode (ours, after DiRL's and LightningRL's speed
+    rewards), so among right answers the faster ones carry the advantage. Returns a dict of
+    tensors: the sampler's outputs plus prompts, reward [G, K], correct [G, K], distance [N]."""
     dev = next(model.parameters()).device
     pick = torch.randint(len(problems), (n_prompts,), generator=gen, device=dev).tolist()
     group = [problems[i] for i in pick[dist.rank()::dist.world()]]
     prompts = encode_prompts([p["question"] for p in group], model.cfg.prompt_len)
     prompts = prompts.repeat_interleave(k, 0).to(dev)
+    reach = sample_distances(len(group), k, distance, spread)
     model.eval()
     out = generate(model, prompts, block_size, "dynamic", threshold, temperature=1.0,
-                   generator=sample_gen or gen, distance=distance)
+                   generator=sample_gen or gen, distance=reach if spread else distance)
     texts = [decode(t) for t in out["tokens"]]
-    reward = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
-                           for i, (t, f) in enumerate(zip(texts, out["finished"]))])
-    return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k), texts=texts)
+    correct = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
+                            for i, (t, f) in enumerate(zip(texts, out["finished"]))])
+    tpf = out["n_gen"].float() / out["nfe"].clamp_min(1).float()  # this sample's own TPF
+    reward = correct * (1 + speed_alpha * tpf)
+    return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k),
+                correct=correct.view(len(group), k), distance=reach, texts=texts)
 
 
-def rl_step(model, opt, problems, a, gen, critic=None):
-    """rollouts -> rewards -> advantages -> trace rows -> update. Returns a log dict."""
+def rl_step(model, opt, problems, a, gen, critic=None, ref=None):
+    """rollouts -> rewards -> advantages -> trace rows -> update. `ref`: the frozen
+    reference of --ref-kl (None = no reference term). Returns a log dict."""
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
     draw = lambda: rollout(model, problems, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
-                           a.commit_distance)
+                           a.commit_distance, a.reach_spread, a.speed_alpha)
     ro, draws = draw(), 1
     # Dynamic sampling (DAPO's): a group whose K samples all agree has no advantage, and with
     # bimodal per-prompt accuracy most groups do, so a step may learn from ~5 prompts. Draw
     # P more prompts until --min-groups groups carry signal (at most --max-draws draws). The
     # count is global, so every rank draws as often as the others.
     while draws < a.max_draws and a.min_groups and \
-            dist.all_reduce_sum(float(group_advantages(ro["reward"], a.acc_band)[1].sum())) < a.min_groups:
+            dist.all_reduce_sum(float(group_advantages(ro["reward"], a.acc_band, ro["correct"])[1].sum())) \
+            < a.min_groups:
         ro, draws = merge_rollouts(ro, draw()), draws + 1
-    log = rl_update(model, opt, ro, a, own, critic)
+    log = rl_update(model, opt, ro, a, own, critic, ref)
     log.update(secs=time.time() - t0, prompts=draws * a.n_prompts)
     return log
 
@@ -126,12 +168,12 @@ def pick_responses(ro, adv, a, critic=None):
         return (adv != 0).nonzero().squeeze(1).tolist()
     # With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
     # every response of a group inside --acc-band is used.
-    acc = ro["reward"].mean(1)
+    acc = ro["correct"].mean(1)
     in_band = (acc >= a.acc_band[0]) & (acc <= a.acc_band[1])
     return in_band.repeat_interleave(a.k).nonzero().squeeze(1).tolist()
 
 
-def rl_update(model, opt, ro, a, gen, critic=None):
+def rl_update(model, opt, ro, a, gen, critic=None, ref=None):
     """Advantages -> trace rows -> PPO-clip update, for this rank's rollouts `ro`. Every
     count that normalises the loss is global (summed over ranks), so the summed gradients
     equal one process's on all the rollouts (with --updates 1; tests/test_ddp.py).
@@ -143,17 +185,20 @@ def rl_update(model, opt, ro, a, gen, critic=None):
     optimiser step each; from the second step on ρ ≠ 1, and PPO's clip and the KL
     penalty keep the later steps near the policy that sampled."""
     dev = next(model.parameters()).device
-    adv, kept = group_advantages(ro["reward"], a.acc_band)
+    adv, kept = group_advantages(ro["reward"], a.acc_band, ro["correct"])
     adv = adv.view(-1)
     resp = pick_responses(ro, adv, a, critic)
-    g = dist.all_reduce_sum(torch.tensor([ro["reward"].sum(), ro["reward"].numel(), kept.sum(), len(resp),
+    # "reward" in the log is the share of right answers (the speed term, if any, is not in it),
+    # so reward curves and --target-reward read the same with or without --speed-alpha
+    g = dist.all_reduce_sum(torch.tensor([ro["correct"].sum(), ro["correct"].numel(), kept.sum(), len(resp),
                                           ro["n_gen"].sum(), ro["nfe"].sum()], dtype=torch.float64))
     n_resp = int(g[3])  # over all ranks: the loss is the mean over every rank's responses
     # the group advantage, or the return R (the critic's value is subtracted below)
     rows = build_rows(ro, resp, adv if critic is None else ro["reward"].view(-1), n_resp, a, dev)
     n_rows = len(rows) if rows is not None else 0
     log = dict(reward=(g[0] / g[1]).item(), kept=int(g[2]), n_resp=n_resp,
-               rows=int(dist.all_reduce_sum(n_rows)), tpf=(g[4] / g[5]).item(), loss=0.0, clip=0.0, kl=0.0)
+               rows=int(dist.all_reduce_sum(n_rows)), tpf=(g[4] / g[5]).item(), loss=0.0, clip=0.0, kl=0.0,
+               ref_kl=0.0)
     if critic is not None:
         log["vloss"] = 0.0
     if log["rows"] == 0:  # no rank has a row: no update anywhere
@@ -172,9 +217,14 @@ def rl_update(model, opt, ro, a, gen, critic=None):
                 critic.model.eval()
                 v_old = over_rows(row_values, critic.model, rows, a)
                 ret, rows.adv = rows.adv, token_advantages(rows.adv, v_old)
+            if ref is not None:  # the frozen reference's log-prob of every target, in its row's state
+                rows.ref = over_rows(row_logprobs, ref, rows, a)
     tot = optimise(model, opt, rows, a, gen, dev, critic, v_old, ret)
     tot = dist.all_reduce_sum(tot)
-    log.update(loss=tot[0].item(), clip=(tot[1] / log["rows"]).item(), kl=(tot[2] / log["rows"]).item())
+    # clip and the KLs are per target token (over every rank's tokens)
+    n_tok = tot[4].clamp_min(1)
+    log.update(loss=tot[0].item(), clip=(tot[1] / n_tok).item(), kl=(tot[2] / n_tok).item(),
+               ref_kl=(tot[5] / n_tok).item())
     if critic is not None:
         log["vloss"] = tot[3].item()
     return log
@@ -190,14 +240,15 @@ def over_rows(fn, net, rows: TraceRows, a):
 def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
     """a.updates optimiser steps over this rank's trace rows (None: none here), shuffled and
     split into equal chunks, micro-batches accumulating into each step. With a critic the
-    value model (V_old, returns ret) takes a step alongside. Returns this rank's
-    [loss, clip * rows, kl * rows, value loss] (float64) for the caller to all-reduce."""
+    value model (V_old, returns ret) takes a step alongside; with rows.ref the reference
+    penalty (--ref-kl) joins the loss. Returns this rank's [loss, clipped tokens, k3 sum,
+    value loss, target tokens, reference k3 sum] (float64) for the caller to all-reduce."""
     n_rows = len(rows) if rows is not None else 0
     model.train()
     if critic is not None:
         critic.model.train()
     perm = torch.randperm(n_rows, generator=gen, device=dev).cpu()
-    tot = torch.zeros(4, dtype=torch.float64)
+    tot = torch.zeros(6, dtype=torch.float64)
     # Every rank takes a.updates optimiser steps (some chunks may be empty on some ranks),
     # so the ranks' all-reduces and steps line up.
     for chunk in torch.tensor_split(perm, a.updates):
@@ -214,9 +265,14 @@ def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
             w = rows.weight[tok] * a.updates
             new = row_logprobs(model, *layout, a.block_size)
             loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, a.clip_eps, a.kl_beta)
+            ref_kl = torch.zeros(())
+            if rows.ref is not None:
+                ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, a.ref_kl)
+                loss = loss + ref_loss
             loss.backward()
-            tot += torch.tensor([loss.item() / a.updates, clip.item() * len(mb), kl.item() * len(mb), 0.0],
-                                dtype=torch.float64)
+            n = len(tok)
+            tot += torch.tensor([loss.item() / a.updates, clip.item() * n, kl.item() * n, 0.0, n,
+                                 ref_kl.item() * n], dtype=torch.float64)
             if critic is not None:
                 v = row_values(critic.model, *layout, a.block_size)
                 vl = value_loss(v, v_old[tok], ret[tok], w, critic.clip)
@@ -227,8 +283,7 @@ def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
         # A non-finite loss on any rank stops every rank (deciding alone would leave the
         # others waiting in the next all-reduce).
         if dist.all_reduce_sum(float(not math.isfinite(tot[0]))) or not torch.isfinite(norm):
-            raise FloatingPointError(f"RL loss is {tot[0].item()}, gradient norm {norm.item()}; "
-                                     f"stopping the stage without saving (try a lower --lr)")
+            raise FloatingPointError(f"the loss is {tot[0].item()}, gradient norm {norm.item()}")
         opt.step()
         if critic is not None:
             dist.all_reduce_grads(critic.model)
@@ -240,19 +295,31 @@ def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
     return tot
 
 
-def run_tracerl(model, problems, a, name="rl", seed=0):
+def run_tracerl(model, problems, a, name="rl", seed=0, ref=None):
     """A TraceRL stage: up to a.steps RL steps, stopping early once the mean rollout
-    reward of the last 5 steps reaches a.target_reward (0 = never). Returns history."""
+    reward of the last 5 steps reaches a.target_reward (0 = never). With --ref-kl > 0 the
+    reference is `ref`, or, by default, a frozen copy of the weights the stage starts from.
+    Returns history."""
     dev = next(model.parameters()).device
     dist.broadcast_params(model)
+    if a.ref_kl > 0:
+        ref = frozen(ref if ref is not None else model)
+    else:
+        ref = None
     gen = torch.Generator(device=dev).manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
     critic = Critic(model, a.value_lr, a.value_clip) if getattr(a, "value_model", False) else None
     hist = []
     for i in range(a.steps):
-        log = rl_step(model, opt, problems, a, gen, critic)
+        try:
+            log = rl_step(model, opt, problems, a, gen, critic, ref)
+            if not finite(model):
+                raise FloatingPointError("the weights are no longer finite after the update")
+        except FloatingPointError as e:  # from the update, or the sampler's next logits
+            raise blew_up(f"{name} step {i + 1}", str(e), "--lr", a.lr) from None
         hist.append(log)
         vloss = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
+        vloss += f" | ref-kl {log['ref_kl']:.5f}" if ref is not None else ""
         print(f"{name} step {i + 1:3d}/{a.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
               f"{log['prompts']} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
               f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | "
@@ -265,6 +332,25 @@ def run_tracerl(model, problems, a, name="rl", seed=0):
     return hist
 
 
+def frozen(model):
+    """A copy of `model` that never trains: the reference of --ref-kl."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def parse_spread(text: str):
+    """'4,4,8,0' -> [4, 4, 8, 0]; '' -> None (no spread); one-line error otherwise."""
+    try:
+        spread = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--reach-spread must be comma-separated integers, got {text!r}")
+    if any(d < 0 for d in spread):
+        raise argparse.ArgumentTypeError(f"--reach-spread distances must be >= 0, got {text!r}")
+    return spread or None
+
+
 def add_rl_args(ap):
     """RL flags, shared with curriculum.py."""
     ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
@@ -274,6 +360,16 @@ def add_rl_args(ap):
     ap.add_argument("--commit-distance", type=int, default=0,
                     help="rollouts commit only masks fewer than D places right of the block's leftmost "
                          "mask (0 = anywhere; sample.near_frontier)")
+    ap.add_argument("--reach-spread", type=parse_spread, default=None,
+                    help="commit distances cycled over each group's K samples, e.g. 4,4,6,6,8,8,0,0 "
+                         "(sample j uses the (j mod n)-th; 0 = anywhere; ours); overrides "
+                         "--commit-distance in rollouts; '' = off")
+    ap.add_argument("--speed-alpha", type=float, default=0.0,
+                    help="a right answer earns 1 + α·TPF of its own rollout (ours, after DiRL/LightningRL); "
+                         "0 = binary reward")
+    ap.add_argument("--ref-kl", type=float, default=0.0,
+                    help="β of a k3 KL to a frozen reference, the weights the stage starts from "
+                         "(curriculum --ref-to picks); 0 = off")
     ap.add_argument("--min-groups", type=int, default=0,
                     help="dynamic sampling: draw --n-prompts more prompts until this many groups have "
                          "reward variance (0 = one draw per step)")

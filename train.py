@@ -86,9 +86,34 @@ def sft_loss(model, prompts, answers, block_size: int, gen: torch.Generator, off
     return ce_sum(model(idx, pos=pos, mask=mask)[0], tgt)
 
 
+def window_for(B0: int, window):
+    """The mask window for a ladder starting at block size B0: B0 - 1 unless given. Then a
+    noisy query of the B0 base sees every mask of its own block, so the base is trained as
+    it would be without the window. A window below B0 - 1 (and not -1 = off) would hide
+    masks of the base's own block: a different base, refused in one line."""
+    if window is None:
+        return B0 - 1
+    if 0 <= window < B0 - 1:
+        raise ValueError(f"--mask-window {window} would hide masks inside the {B0}-token blocks of "
+                         f"the B={B0} base and change it; use {B0 - 1} (or -1 = off)")
+    return window
+
+
+def finite(model) -> bool:
+    """Are all weights finite? Checked after every optimiser step of every stage: a finite
+    loss and gradient norm do not guarantee it (a huge learning rate overflows the update
+    itself), and a blown-up model otherwise dies later, deep inside the sampler or the loss."""
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def blew_up(where: str, what: str, flag: str, lr: float) -> FloatingPointError:
+    """The one-line error of a training step that went non-finite (nothing is saved yet)."""
+    return FloatingPointError(f"{where}: {what}; stopping without saving: try a lower {flag} (now {lr:g})")
+
+
 def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, test_data,
                seed: int = 0, warmup: int = 50, eval_every: int = 100, log_every: int = 10,
-               name: str = "train"):
+               name: str = "train", lr_flag: str = "--lr"):
     """The flat loop shared by both stages. loss_fn(model, batch_tensors, gen, part) ->
     (summed loss, token count) over the rows `part` of the batch. Returns the final
     held-out loss.
@@ -132,13 +157,15 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
             loss_sum, count = loss_fn(model, [x[idx] for x in data], gen, part)
         n_tok, loss_value = global_mean(loss_sum, count)
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"{name}: loss is {loss_value} at step {step}; stopping "
-                                     f"without saving (try a lower --lr)")
+            raise blew_up(f"{name} step {step + 1}", f"the loss is {loss_value}", lr_flag, lr)
         opt.zero_grad(set_to_none=True)
         (loss_sum / n_tok).backward()
         dist.all_reduce_grads(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if not finite(model):
+            raise blew_up(f"{name} step {step + 1}", "the weights are no longer finite after the update",
+                          lr_flag, lr)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             held_out = evaluate()
         if step % log_every == 0 or step + 1 == steps:
@@ -157,7 +184,7 @@ def run_ar(cfg: GPTConfig, task: dict, train_rows, test_rows, steps, lr, batch_s
     data = [x.to(device) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)]
     test = [x.to(device) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)]
     loss = train_loop(model, lambda m, b, g, part: ar_loss(m, *b, part), steps, lr, batch_size, data, test,
-                      seed, log_every=log_every, name="ar")
+                      seed, log_every=log_every, name="ar", lr_flag="--ar-lr")
     return model, dict(stage="ar", steps=steps, lr=lr, held_out_loss=loss, task=task, seed=seed)
 
 
@@ -168,7 +195,8 @@ def run_sft(model, task: dict, train_rows, test_rows, block_size, steps, lr, bat
     data = [x.to(dev) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)[:2]]
     test = [x.to(dev) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)[:2]]
     loss = train_loop(model, lambda m, b, g, part: sft_loss(m, *b, block_size, g, offsets, part), steps, lr,
-                      batch_size, data, test, seed, log_every=log_every, name=name or f"sft{block_size}")
+                      batch_size, data, test, seed, log_every=log_every, name=name or f"sft{block_size}",
+                      lr_flag="--sft-lr")
     return model, dict(stage="sft", block_size=block_size, steps=steps, lr=lr, offsets=offsets,
                        held_out_loss=loss, task=task, seed=seed)
 
@@ -193,6 +221,10 @@ def main():
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     add_task_args(ap)
     a = ap.parse_args()
+    try:
+        a.mask_window = window_for(a.block_size, a.mask_window)  # the SFT block this base is for
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     task = task_from_args(a)
     try:

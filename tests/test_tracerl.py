@@ -149,14 +149,19 @@ def test_policy_loss_clipping_engages():
     # token 3: A>0, rho<1-eps -> min picks the unclipped 0.5, gradient flows
     pg = torch.tensor([1.2, -1.5, -0.8, 0.5])
     assert loss.item() == pytest.approx(-(W * pg).sum().item(), abs=1e-6)
-    assert clip.item() == 1.0  # every ratio lies outside [0.8, 1.2]
+    # every ratio lies outside [0.8, 1.2], but PPO's min cuts the gradient of tokens 0 and 2
+    # only: the clip fraction counts those (what the clip does), not |ρ − 1| > ε
+    assert clip.item() == 0.5
     loss.backward()
     rho = delta.exp()
     assert torch.allclose(new.grad, torch.stack([torch.tensor(0.), -W[1] * adv[1] * rho[1],
                                                  torch.tensor(0.), -W[3] * adv[3] * rho[3]]))
-    # inside the trust region nothing is clipped; 2 of 4 outside -> clip fraction 0.5
+    # inside the trust region nothing is clipped; of the two outside (ADV = 0.5, 1.5 > 0) the
+    # clip cuts only token 2 (ρ 1.5 > 1.2), not token 3 (ρ 0.5, the min keeps it) -> 1 of 4
     d2 = torch.log(torch.tensor([1.1, 0.9, 1.5, 0.5]))
-    assert policy_loss(OLD + d2, OLD, ADV, W)[1].item() == 0.5
+    assert policy_loss(OLD + d2, OLD, ADV, W)[1].item() == 0.25
+    # a zero advantage has no gradient to cut, whatever its ratio
+    assert policy_loss(OLD + d2, OLD, torch.zeros(4), W)[1].item() == 0.0
 
 
 def test_policy_loss_k3_term():

@@ -194,6 +194,7 @@ def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a,
     if ra.reach_spread:
         print(f"{name}: rollout commit distances per group {ra.reach_spread} (0 = anywhere)", flush=True)
     t0 = time.time()
+    # seed + 1: after a warm-up (which used `seed`) the new-B rollouts draw fresh prompts
     hist += run_tracerl(model, problems, ra, name=name, seed=seed + 1, ref=ref)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
                 rl_history=hist, rl_seconds=time.time() - t0)
@@ -315,13 +316,18 @@ def run_ladder(a, cfg, stages, dev, out, seed):
     parent, prev_B, steps_used = sft0, B0, {}
     for i, B in enumerate(stages):
         cap = a.first_stage_steps if i == 0 else a.stage_steps
+        # seed + 100 * i: every stage draws its own prompts and samples (a shared stream
+        # would make stage 8 start by replaying stage 4's first rollouts)
         meta = rl_stage(run, f"tstar{B}", parent, B, prev_B, cap, train_rows, a, seed + 100 * i, stages)
         steps_used[B] = len(meta["rl_history"])
         parent, prev_B = f"tstar{B}", B
     # --- direct: the last block size straight from the SFT model, T*'s total RL steps
-    Bl = stages[-1]
+    B_last = stages[-1]
     if len(stages) > 1:
-        rl_stage(run, f"direct{Bl}", sft0, Bl, Bl, sum(steps_used.values()), train_rows, a, seed + 1000,
+        # its own rollout stream (seed + 1000, past any stage's seed + 100 * i): direct does not
+        # replay the prompt draws of T*'s first stage, which start from the same weights
+        rl_stage(run, f"direct{B_last}", sft0, B_last, B_last, sum(steps_used.values()), train_rows, a,
+                 seed + 1000,
                  stages)
     # --- no-RL: the same ladder with supervised updates instead of RL
     parent = sft0
@@ -336,7 +342,7 @@ def run_ladder(a, cfg, stages, dev, out, seed):
         parent = name
     # --- evaluation
     names = [sft0] + [f"tstar{B}" for B in stages] + \
-            ([f"direct{Bl}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
+            ([f"direct{B_last}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
     results = evaluate_all(run, names, stages, test_rows, a, seed)
     if dist.is_main():
         report(run, names, stages, results, time.time() - t_start, a, seed)

@@ -237,21 +237,102 @@ def scale_table(folders, threshold=0.9):
             + ["| " + " | ".join(r) + " |" for r, _ in rows])
 
 
+def curve(per, method, B):
+    """A checkpoint's frontier at block size B: its (TPF, accuracy) points over every decode
+    of the sweep (dynamic at each θ, static, ltr), sorted by TPF."""
+    return sorted((r["tpf"], r["accuracy"]) for (m, b, _, _), r in per.items() if m == method and b == B)
+
+
+def at_tpf(points, x):
+    """Accuracy at TPF x on a frontier, linear between the two sweep points around x (None
+    outside the points' TPF range: no extrapolation)."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def frontier_rows(folder, threshold=0.9):
+    """The frontier comparison of one finished run folder, one row per training seed. The
+    reference is the B=B0 SFT model at B0 (dynamic at `threshold`): the paper's question is
+    whether a checkpoint at the last B decodes *more* tokens per forward at nearly its
+    accuracy. Per method at the last B: the best accuracy at a TPF above the reference's
+    (any decode of the sweep), and the accuracy at the reference's TPF (matched TPF)."""
+    per_seed, st = load_seed_results(folder)
+    # a --seeds parent: the seeds from its seed{S} folder names (load_seed_results' order)
+    seeds = ([] if os.path.exists(os.path.join(folder, "results.json")) else
+             [os.path.basename(os.path.dirname(p))[4:] for p in
+              sorted(glob.glob(os.path.join(folder, "seed*", "results.json")))])
+    blocks = sorted({k[1] for k in per_seed[0]})
+    B0, Bl = blocks[0], blocks[-1]
+    rows = []
+    for i, per in enumerate(per_seed):
+        ref = per[(f"sft{B0}", B0, "dynamic", threshold)]
+        cells = {}
+        for m in ("tstar", "direct", "norl"):
+            pts = curve(per, f"{m}{Bl}", Bl)
+            above = [p for p in pts if p[0] > ref["tpf"]]
+            cells[m] = (max(above, key=lambda p: p[1]) if above else None, at_tpf(pts, ref["tpf"]))
+        rows.append(dict(seed=seeds[i] if seeds else st.get("seed"), ref=ref, cells=cells))
+    return rows, B0, Bl
+
+
+def frontier_table(folders, threshold=0.9):
+    """The frontier comparison over run folders (one seed or a --seeds parent each), as
+    markdown lines: one row per folder and seed, then the T*-direct gap at matched TPF."""
+    lines = []
+    for folder in folders:
+        rows, B0, Bl = frontier_rows(folder, threshold)
+        if not lines:
+            head = ["run", "seed", f"sft{B0} @{B0} (ref) acc / TPF"] + \
+                   [f"{m}@{Bl} best above ref TPF" for m in ("T*", "direct", "no-RL")] + \
+                   [f"{m}@{Bl} at ref TPF" for m in ("T*", "direct", "no-RL")] + \
+                   ["T* - direct at ref TPF", "T* keeps >= 80 % above ref TPF"]
+            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            ref = r["ref"]
+            best = [r["cells"][m][0] for m in ("tstar", "direct", "norl")]
+            matched = [r["cells"][m][1] for m in ("tstar", "direct", "norl")]
+            pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+            gap = "-" if None in matched[:2] else f"{100 * (matched[0] - matched[1]):+.1f}"
+            keeps = best[0] is not None and best[0][1] >= 0.8 * ref["accuracy"]
+            lines.append("| " + " | ".join(
+                [os.path.normpath(folder), str(r["seed"]), f"{100 * ref['accuracy']:.1f} / {ref['tpf']:.2f}"]
+                + ["-" if b is None else f"{100 * b[1]:.1f} / {b[0]:.2f}" for b in best]
+                + [pct(v) for v in matched] + [gap, "yes" if keeps else "no"]) + " |")
+    return lines
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="tables over finished runs")
-    ap.add_argument("--scale", nargs="+", required=True, metavar="RUN",
-                    help="finished run folders (one seed, or a --seeds parent); one table row each")
-    ap.add_argument("--threshold", type=float, default=0.9, help="θ of the dynamic cells")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--scale", nargs="+", metavar="RUN",
+                      help="finished run folders (one seed, or a --seeds parent); one table row each")
+    what.add_argument("--frontier", nargs="+", metavar="RUN",
+                      help="finished run folders: per seed, each method's best accuracy at the last B above "
+                           "the B0 model's TPF, and its accuracy at that TPF (matched)")
+    ap.add_argument("--threshold", type=float, default=0.9, help="θ of the dynamic cells (and of the reference)")
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = ap.parse_args()
-    text = "\n".join(scale_table(a.scale, a.threshold)) + "\n"
+    runs = a.scale or a.frontier
+    table = scale_table(runs, a.threshold) if a.scale else frontier_table(runs, a.threshold)
+    text = "\n".join(table) + "\n"
     print(text, end="")
     if a.out:  # the file says how it was made and how to read it
-        head = ["# Scale table", "", "    python report.py --scale " + " ".join(a.scale), "",
-                f"Accuracy %, greedy, on the test split; dynamic = θ {a.threshold}, ltr = one token per step "
-                "left to right; a row over several seeds shows the mean (min-max). sft cells: the first "
-                "stage's SFT model decoded at every block size; T*, direct, no-RL: the last stage's "
-                "checkpoints at the last block size. D = the commit distance a --reach-previous run "
-                "decodes with.", ""]
+        if a.scale:
+            head = ["# Scale table", "", "    python report.py --scale " + " ".join(runs), "",
+                    f"Accuracy %, greedy, on the test split; dynamic = θ {a.threshold}, ltr = one token per step "
+                    "left to right; a row over several seeds shows the mean (min-max). sft cells: the first "
+                    "stage's SFT model decoded at every block size; T*, direct, no-RL: the last stage's "
+                    "checkpoints at the last block size. D = the commit distance a --reach-previous run "
+                    "decodes with.", ""]
+        else:
+            head = ["# Frontier comparison", "", "    python report.py --frontier " + " ".join(runs), "",
+                    f"Accuracy %, greedy, on the test split. ref = the first stage's SFT model at its own block "
+                    f"(dynamic θ {a.threshold}). 'best above ref TPF': the highest accuracy / its TPF among "
+                    "every decode of the sweep (dynamic θ, static, ltr) whose TPF beats the ref's; 'at ref "
+                    "TPF': accuracy interpolated on the checkpoint's accuracy-TPF curve at the ref's TPF "
+                    "(matched parallelism). The last column: T* keeps >= 80 % of the ref accuracy at a higher "
+                    "TPF (issue 18's bar).", ""]
         with open(a.out, "w") as f:
             f.write("\n".join(head) + "\n" + text)

@@ -155,16 +155,20 @@ def rl_step(model, opt, problems, a, gen, critic=None, ref=None):
     return log
 
 
-def merge_rollouts(a: dict, b: dict) -> dict:
+def merge_rollouts(first: dict, second: dict) -> dict:
     """Two rollout dicts as one: every tensor (and the texts) concatenated along the batch."""
-    return {k: a[k] + b[k] if isinstance(a[k], list) else torch.cat([a[k], b[k]]) for k in a}
+    return {key: first[key] + second[key] if isinstance(first[key], list) else torch.cat([first[key], second[key]])
+            for key in first}
 
 
 def pick_responses(ro, adv, a, critic=None):
     """Indices of the responses that get trace rows."""
     if critic is None:
-        # Only responses with a non-zero advantage can move the loss (ρ = 1 makes the
-        # k3 gradient 0 on the first update), so the others are not built at all.
+        # A response with a zero advantage adds only KL terms to the loss. At the first
+        # optimiser step (all of --updates 1) ρ = 1 and the reference is where the stage
+        # started, so their gradient is 0 or small; its rows are not built at all. With
+        # --updates > 1 or --ref-kl that drops the KL pull these responses would add: a
+        # simplification that saves most of the rows.
         return (adv != 0).nonzero().squeeze(1).tolist()
     # With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
     # every response of a group inside --acc-band is used.

@@ -6,8 +6,9 @@ training layout, exactly the states the sampler decoded from.
 
 Round r of a response masks every position its block committed at its r-th step or later
 and targets the positions committed at the r-th step, in all blocks at once, so a response
-of B-token blocks gives about B / shrink rows (TraceRL's shrinkage merges neighbouring
-steps into one action). tracerl.py builds these rows for every response with an advantage
+gives as many rows as its most-stepped block took (merged) steps: B / shrink at most (one
+token per step), far fewer under dynamic decoding, which commits several tokens a step
+(TraceRL's shrinkage merges neighbouring steps into one action). tracerl.py builds these rows for every response with an advantage
 and runs the update on them; the value model (value.py) reads the same rows.
 """
 from dataclasses import dataclass

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from data.tokenizer import EOS_ID, MASK_ID
-from model import KVCache, attention_mask, hide_far_masks
+from model import KVCache, cached_step_layout
 from sample import RULES, near_frontier, outputs, top_k
 from sample import main as sample_main
 
@@ -26,49 +26,24 @@ from sample import main as sample_main
 def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
     """Everything position-related of a decode, built once, before the loop.
 
-    The fast path attends to the whole preallocated KV cache (max_seq_len slots) and
+    The fast path attends to the whole preallocated KV cache (S = max_seq_len slots) and
     hides the slots not written yet with the mask, so every forward of a kind has one
     static shape and no mask is built inside the loop. Per block: (start, end, first,
     later), where first is the block's first step, fused with the cache write of the
     pending tokens (the prompt for block 0, else the previous block, now clean), and
     later is every later step (the block alone). Each is (cache slots the pending tokens
-    go to, pos [T], mask [T, S + T]): the first S mask columns are the cache slots, the
-    last T the step's own tokens, pending then block. (The mask window, which depends on
-    which tokens are still masked, is applied per step in `_cached_forward`.)"""
-    slot = torch.arange(S, device=device)
+    go to, pos [T], mask [T, S + T]), from model.cached_step_layout. (The mask window,
+    which depends on which tokens are still masked, is applied per step by GPT.hidden.)"""
     out = []
     for b, start in enumerate(range(0, A, block_size)):
         end = min(start + block_size, A)
         p0, pending_bid = (0, -1) if b == 0 else (P + start - block_size, b - 1)
         steps = []
         for L in (p0, P + start):  # cache length at the first step, then at later steps
-            Tp, Tb = P + start - L, end - start
-            pos = torch.arange(L, P + end, device=device)
-            q_bid = torch.tensor([pending_bid] * Tp + [b] * Tb, device=device)
-            q_noisy = torch.arange(Tp + Tb, device=device) >= Tp
-            own = attention_mask(q_bid, q_noisy, pos, q_bid, q_noisy, pos)
-            cached = (slot < L).expand(Tp + Tb, S)  # the prompt and finished blocks: all visible
-            steps.append((slice(L, L + Tp), pos, torch.cat([cached, own], 1)))
+            pos, mask = cached_step_layout(L, P + start - L, pending_bid, end - start, b, S, device)
+            steps.append((slice(L, P + start), pos, mask))
         out.append((start, end, *steps))
     return out
-
-
-def _cached_forward(model, idx, pos, mask, cache_k, cache_v):
-    """A forward of idx [N, T] at positions pos against the full, static-size cache.
-    Returns logits [N, T, V] and the new keys/values [n_layer, N, H, T, hd]. It writes
-    nothing (the caller copies the pending part into the cache): a compiled function
-    that mutates no input is the simple case for CUDA graphs."""
-    N, S = idx.shape[0], cache_k.shape[3]
-    k_pos = torch.cat([torch.arange(S, device=idx.device), pos])  # cache slot s holds position s
-    k_tok = torch.cat([torch.zeros(N, S, dtype=idx.dtype, device=idx.device), idx], 1)
-    mask = hide_far_masks(mask, pos, k_pos, k_tok, model.cfg.mask_window)
-    x = model.wte(idx) + model.wpe(pos)
-    ks, vs = [], []
-    for i, blk in enumerate(model.blocks):
-        x, k, v = blk(x, mask, cache_k[i], cache_v[i])
-        ks.append(k)
-        vs.append(v)
-    return model.head(x), torch.stack(ks), torch.stack(vs)
 
 
 def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nfe, done, q,
@@ -77,14 +52,15 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nf
     tensors, so torch.compile traces forward + sampling + commit rule as one graph.
     pending [N, Tp] (Tp = 0 after a block's first step); blk/stp/lpb [N, Tb] are the
     block's tokens, commit steps and log-probs. Finished rows ride along: they never
-    `need` a step, so they commit nothing and count no forward.
+    `need` a step, so they commit nothing and count no forward. The forward attends to the full, static-size cache and writes nothing:
+    it returns the pending tokens' keys/values for the caller to copy into the cache (a
+    compiled function that mutates no input is the simple case for CUDA graphs).
     q [N, Tb, V] are Exp(1) draws: argmax(p / q) is exactly how torch.multinomial draws
     one sample, so with the same draws the tokens equal `generate`'s (without
     multinomial's host sync, which checks its input)."""
     Tp, Tb = pending.shape[1], blk.shape[1]
-    logits, k_new, v_new = _cached_forward(model, torch.cat([pending, blk], 1), pos, mask,
-                                           cache_k, cache_v)
-    logits = logits[:, Tp:].float()
+    x, keys, values = model.hidden(torch.cat([pending, blk], 1), pos, mask, cache_k, cache_v)
+    logits = model.head(x)[:, Tp:].float()
     masked = blk == MASK_ID
     need = masked.any(1) & ~done
     if temperature > 0:
@@ -104,7 +80,8 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nf
     before = torch.arange(Tb, device=blk.device)[None, :] < first_eos[:, None]
     done = done | (is_eos.any(1) & ~((blk == MASK_ID) & before).any(1))
     more = ((blk == MASK_ID).any(1) & ~done).any()  # does any row need another step?
-    return blk, stp, lpb, nfe, done, more, k_new[:, :, :, :Tp], v_new[:, :, :, :Tp]
+    return (blk, stp, lpb, nfe, done, more,
+            torch.stack(keys)[:, :, :, :Tp], torch.stack(values)[:, :, :, :Tp])
 
 
 # ----------------------------------------------------------------------------- commit rule, as a table

@@ -46,13 +46,14 @@ def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
     return out
 
 
-def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nfe, done, q,
+def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, nfe, done, q,
                   threshold, k: int, by_index: bool, temperature: float, distance: int = 0):
     """One step of `generate`'s inner loop for the whole fixed batch, as a pure function of
     tensors, so torch.compile traces forward + sampling + commit rule as one graph.
-    pending [N, Tp] (Tp = 0 after a block's first step); blk/stp/lpb [N, Tb] are the
-    block's tokens, commit steps and log-probs. Finished rows ride along: they never
-    `need` a step, so they commit nothing and count no forward. The forward attends to the full, static-size cache and writes nothing:
+    pending [N, Tp] (Tp = 0 after a block's first step); blk/fwd/logp [N, Tb] are the
+    block's tokens, trace (the forward index that committed each) and log-probs.
+    Finished rows ride along: they never `need` a step, so they commit nothing and count
+    no forward. The forward attends to the full, static-size cache and writes nothing:
     it returns the pending tokens' keys/values for the caller to copy into the cache (a
     compiled function that mutates no input is the simple case for CUDA graphs).
     q [N, Tb, V] are Exp(1) draws: argmax(p / q) is exactly how torch.multinomial draws
@@ -72,15 +73,15 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nf
     lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
     commit = _commit(lp.exp(), near_frontier(masked, distance), need, threshold, k, by_index)
     blk = torch.where(commit, tok, blk)
-    stp = torch.where(commit, nfe[:, None], stp)
-    lpb = torch.where(commit, lp, lpb)
+    fwd = torch.where(commit, nfe[:, None], fwd)
+    logp = torch.where(commit, lp, logp)
     nfe = nfe + need.long()
     is_eos = blk == EOS_ID
     first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), Tb)
     before = torch.arange(Tb, device=blk.device)[None, :] < first_eos[:, None]
     done = done | (is_eos.any(1) & ~((blk == MASK_ID) & before).any(1))
     more = ((blk == MASK_ID).any(1) & ~done).any()  # does any row need another step?
-    return (blk, stp, lpb, nfe, done, more,
+    return (blk, fwd, logp, nfe, done, more,
             torch.stack(keys)[:, :, :, :Tp], torch.stack(values)[:, :, :, :Tp])
 
 
@@ -187,8 +188,8 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
         # step count is known; dynamic: after each step, ask whether any row has masks.
         n_steps = Tb if rule == "dynamic" else math.ceil(Tb / min(k, Tb))
         blk = torch.full((N, Tb), MASK_ID, dtype=torch.long, device=dev)
-        stp = torch.full((N, Tb), -1, dtype=torch.long, device=dev)
-        lpb = torch.zeros(N, Tb, dtype=torch.float32, device=dev)
+        blk_fwd = torch.full((N, Tb), -1, dtype=torch.long, device=dev)
+        blk_logp = torch.zeros(N, Tb, dtype=torch.float32, device=dev)
         for i in range(n_steps):
             slots, pos, mask = first if i == 0 else later
             q = None
@@ -198,20 +199,20 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
                     q = torch.ones(N, Tb, V, device=dev).index_copy_(0, alive, q)
             if cudagraphs:  # we clone what we keep of the last replay: its buffers may be reused
                 torch.compiler.cudagraph_mark_step_begin()
-            blk, stp, lpb, nfe, done, more, k_new, v_new = step_fn(
-                model, pending, blk, pos, mask, cache.k, cache.v, stp, lpb, nfe, done, q,
+            blk, blk_fwd, blk_logp, nfe, done, more, new_keys, new_values = step_fn(
+                model, pending, blk, pos, mask, cache.k, cache.v, blk_fwd, blk_logp, nfe, done, q,
                 thr, k, by_index, temperature, distance)
             n_fwd += 1
             if i == 0:  # the pending tokens are clean: their keys/values go to the cache
-                cache.k[:, :, :, slots], cache.v[:, :, :, slots] = k_new, v_new
+                cache.k[:, :, :, slots], cache.v[:, :, :, slots] = new_keys, new_values
                 pending = no_pending
             if cudagraphs:
-                blk, stp, lpb, nfe, done = (t.clone() for t in (blk, stp, lpb, nfe, done))
+                blk, blk_fwd, blk_logp, nfe, done = (t.clone() for t in (blk, blk_fwd, blk_logp, nfe, done))
             if ask_every_step:
                 n_sync += 1
                 if not more:
                     break
-        tokens[:, start:end], fwd[:, start:end], logp[:, start:end] = blk, stp, lpb
+        tokens[:, start:end], fwd[:, start:end], logp[:, start:end] = blk, blk_fwd, blk_logp
         pending = blk
     if stats is not None:
         stats.update(forwards=n_fwd, syncs=n_sync)

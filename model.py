@@ -7,7 +7,7 @@ per-position block id (docs/design.md §3):
   * causal: AR pre-training (train.py --stage ar).
   * block-causal: inference. A token sees every earlier block and its own block.
   * training layout [prompt | clean answer | noisy answer]: the noisy copy reuses the
-    clean position ids; noisy block k sees the prompt, clean blocks < k and noisy block k,
+    clean position ids; noisy block b sees the prompt, clean blocks < b and noisy block b,
     and clean tokens never see noisy ones. One forward trains every block with exactly
     the context the sampler has at inference (SDAR / BD3-LM's "vectorised" layout).
 
@@ -60,19 +60,20 @@ class GPTConfig:
 
 # ----------------------------------------------------------------------------- masks
 
-def attention_mask(q_bid, q_noisy, q_pos, k_bid, k_noisy, k_pos):
+def attention_mask(q_bid, q_noisy_copy, q_pos, k_bid, k_noisy_copy, k_pos):
     """Boolean [Tq, Tk] mask, True where query may attend key.
 
-    bid is the diffusion block index of a position (-1 for the prompt), noisy marks the
-    noisy copy. Rules: the prompt is causal; a clean token sees the prompt and clean
-    blocks <= its own; a noisy token sees the prompt, clean blocks < its own and noisy
-    tokens of its own block. Everything else is hidden."""
+    bid is the diffusion block index of a position (-1 for the prompt); noisy_copy marks
+    the positions of a noisy block (the training layout's noisy copy, or the block the
+    sampler is denoising). Rules: the prompt is causal; a clean token sees the prompt and
+    clean blocks <= its own; a noisy-copy token sees the prompt, clean blocks < its own
+    and the noisy-copy tokens of its own block. Everything else is hidden."""
     qb, kb = q_bid[:, None], k_bid[None, :]
-    qn, kn = q_noisy[:, None], k_noisy[None, :]
+    qc, kc = q_noisy_copy[:, None], k_noisy_copy[None, :]
     prompt = (qb < 0) & (kb < 0) & (k_pos[None, :] <= q_pos[:, None])
-    clean = ~qn & ~kn & (qb >= 0) & (kb <= qb)
-    noisy = qn & ((~kn & (kb < qb)) | (kn & (kb == qb)))
-    return prompt | clean | noisy
+    clean = ~qc & ~kc & (qb >= 0) & (kb <= qb)
+    copy = qc & ((~kc & (kb < qb)) | (kc & (kb == qb)))
+    return prompt | clean | copy
 
 
 def hide_far_masks(mask, q_pos, k_pos, k_tokens, window: int):
@@ -103,10 +104,10 @@ def training_layout(prompt_len: int, answer_len: int, block_size: int, shift: in
     P, A = prompt_len, answer_len
     ab = answer_block_ids(A, block_size, shift, device)
     bid = torch.cat([torch.full((P,), -1, device=device), ab, ab])
-    noisy = torch.cat([torch.zeros(P + A, dtype=torch.bool, device=device),
-                       torch.ones(A, dtype=torch.bool, device=device)])
+    noisy_copy = torch.cat([torch.zeros(P + A, dtype=torch.bool, device=device),
+                            torch.ones(A, dtype=torch.bool, device=device)])
     pos = torch.cat([torch.arange(P + A, device=device), torch.arange(P, P + A, device=device)])
-    return pos, attention_mask(bid, noisy, pos, bid, noisy, pos)
+    return pos, attention_mask(bid, noisy_copy, pos, bid, noisy_copy, pos)
 
 
 def cached_step_layout(cache_len: int, n_pending: int, pending_bid: int, n_block: int, block_bid: int,
@@ -124,8 +125,8 @@ def cached_step_layout(cache_len: int, n_pending: int, pending_bid: int, n_block
     pos = torch.arange(cache_len, cache_len + T, device=device)
     bid = torch.cat([torch.full((n_pending,), pending_bid, device=device),
                      torch.full((n_block,), block_bid, device=device)])
-    noisy = torch.arange(T, device=device) >= n_pending
-    own = attention_mask(bid, noisy, pos, bid, noisy, pos)
+    noisy_copy = torch.arange(T, device=device) >= n_pending
+    own = attention_mask(bid, noisy_copy, pos, bid, noisy_copy, pos)
     cached = (torch.arange(n_slots, device=device) < cache_len).expand(T, n_slots)
     return pos, torch.cat([cached, own], 1)
 
@@ -330,7 +331,7 @@ def load_checkpoint(path: str, device="cpu", expect: GPTConfig = None):
     except Exception as e:  # a truncated or foreign file: say so in one line
         raise CheckpointError(f"checkpoint {path} is not a tstar checkpoint ({type(e).__name__})") from None
     if expect is not None and asdict(cfg) != asdict(expect):
-        diff = {k: (v, asdict(expect)[k]) for k, v in asdict(cfg).items() if asdict(expect)[k] != v}
+        diff = {name: (v, asdict(expect)[name]) for name, v in asdict(cfg).items() if asdict(expect)[name] != v}
         raise CheckpointError(f"checkpoint {path} was made with a different config "
                               f"(stored vs wanted: {diff}); use another --out or matching flags")
     model = GPT(cfg).to(device)

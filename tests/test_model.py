@@ -10,9 +10,9 @@ def block_causal_layout(prompt_len: int, answer_len: int, block_size: int, devic
     uncached reference the cached decoder is checked against)."""
     ab = answer_block_ids(answer_len, block_size, 0, device)
     bid = torch.cat([torch.full((prompt_len,), -1, device=device), ab])
-    noisy = torch.zeros(prompt_len + answer_len, dtype=torch.bool, device=device)
+    noisy_copy = torch.zeros(prompt_len + answer_len, dtype=torch.bool, device=device)
     pos = torch.arange(prompt_len + answer_len, device=device)
-    return pos, attention_mask(bid, noisy, pos, bid, noisy, pos)
+    return pos, attention_mask(bid, noisy_copy, pos, bid, noisy_copy, pos)
 
 
 def _grid(rows):

@@ -9,7 +9,10 @@ version a deployment would run. It keeps the batch fixed (finished rows stay and
 nothing), preallocates the KV cache to max_seq_len and attends it in full (masks built once
 per block hide the slots not yet written), and runs each denoising step as one call of
 `_denoise_step` (forward + sampling + commit rule), `torch.compile`d: CUDA graphs
-("reduce-overhead") on CUDA, inductor with a C++ wrapper on CPU.
+("reduce-overhead") on CUDA, inductor with a C++ wrapper on CPU. The forward itself is
+the model's one transformer, `GPT.hidden`, the same as the eager sampler's and training's.
+Simplified from a serving engine: one fixed batch per call (no continuous batching, no
+paged cache), and the `schedule` rule is left to `sample.generate`.
 """
 import functools
 import math
@@ -116,7 +119,8 @@ def compiled_step(device_type: str):
     """torch.compile'd `_denoise_step`, one per device type.
     CUDA: mode 'reduce-overhead' records each static shape (the first step of block 0,
     P + B wide; of later blocks, 2B; every other step, B) as a CUDA graph, so a step is
-    one graph launch instead of ~150 kernel launches. CPU: default inductor, with
+    one graph launch instead of one kernel launch per op (at this model size the
+    launches, not the arithmetic, are most of a step). CPU: default inductor, with
     dynamic shapes so that one set of C++ kernels serves every block size and batch
     (each static-shape graph would cost a gcc compile of its own)."""
     if device_type not in _COMPILED:
@@ -131,7 +135,8 @@ def compiled_step(device_type: str):
             fx_config.use_duck_shape = False
         _COMPILED[device_type] = torch.compile(
             _denoise_step, dynamic=not cuda, mode="reduce-overhead" if cuda else None,
-            # CPU: a C++ wrapper calls the kernels, not Python: ~10 % less per step
+            # CPU: a C++ wrapper calls the kernels, not Python, which saves the interpreter's
+            # per-kernel overhead on every step (bench/bench_decode.py measures it)
             options=None if cuda else {"cpp_wrapper": True})
     return _COMPILED[device_type]
 

@@ -9,7 +9,10 @@ version a deployment would run. It keeps the batch fixed (finished rows stay and
 nothing), preallocates the KV cache to max_seq_len and attends it in full (masks built once
 per block hide the slots not yet written), and runs each denoising step as one call of
 `_denoise_step` (forward + sampling + commit rule), `torch.compile`d: CUDA graphs
-("reduce-overhead") on CUDA, inductor with a C++ wrapper on CPU.
+("reduce-overhead") on CUDA, inductor with a C++ wrapper on CPU. The forward itself is
+the model's one transformer, `GPT.hidden`, the same as the eager sampler's and training's.
+Simplified from a serving engine: one fixed batch per call (no continuous batching, no
+paged cache), and the `schedule` rule is left to `sample.generate`.
 """
 import functools
 import math
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from data.tokenizer import EOS_ID, MASK_ID
-from model import KVCache, attention_mask, hide_far_masks
+from model import KVCache, cached_step_layout
 from sample import RULES, near_frontier, outputs, top_k
 from sample import main as sample_main
 
@@ -26,65 +29,42 @@ from sample import main as sample_main
 def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
     """Everything position-related of a decode, built once, before the loop.
 
-    The fast path attends to the whole preallocated KV cache (max_seq_len slots) and
+    The fast path attends to the whole preallocated KV cache (S = max_seq_len slots) and
     hides the slots not written yet with the mask, so every forward of a kind has one
     static shape and no mask is built inside the loop. Per block: (start, end, first,
     later), where first is the block's first step, fused with the cache write of the
     pending tokens (the prompt for block 0, else the previous block, now clean), and
     later is every later step (the block alone). Each is (cache slots the pending tokens
-    go to, pos [T], mask [T, S + T]): the first S mask columns are the cache slots, the
-    last T the step's own tokens, pending then block. (The mask window, which depends on
-    which tokens are still masked, is applied per step in `_cached_forward`.)"""
-    slot = torch.arange(S, device=device)
+    go to, pos [T], mask [T, S + T]), from model.cached_step_layout. (The mask window,
+    which depends on which tokens are still masked, is applied per step by GPT.hidden.)"""
     out = []
     for b, start in enumerate(range(0, A, block_size)):
         end = min(start + block_size, A)
         p0, pending_bid = (0, -1) if b == 0 else (P + start - block_size, b - 1)
         steps = []
         for L in (p0, P + start):  # cache length at the first step, then at later steps
-            Tp, Tb = P + start - L, end - start
-            pos = torch.arange(L, P + end, device=device)
-            q_bid = torch.tensor([pending_bid] * Tp + [b] * Tb, device=device)
-            q_noisy = torch.arange(Tp + Tb, device=device) >= Tp
-            own = attention_mask(q_bid, q_noisy, pos, q_bid, q_noisy, pos)
-            cached = (slot < L).expand(Tp + Tb, S)  # the prompt and finished blocks: all visible
-            steps.append((slice(L, L + Tp), pos, torch.cat([cached, own], 1)))
+            pos, mask = cached_step_layout(L, P + start - L, pending_bid, end - start, b, S, device)
+            steps.append((slice(L, P + start), pos, mask))
         out.append((start, end, *steps))
     return out
 
 
-def _cached_forward(model, idx, pos, mask, cache_k, cache_v):
-    """A forward of idx [N, T] at positions pos against the full, static-size cache.
-    Returns logits [N, T, V] and the new keys/values [n_layer, N, H, T, hd]. It writes
-    nothing (the caller copies the pending part into the cache): a compiled function
-    that mutates no input is the simple case for CUDA graphs."""
-    N, S = idx.shape[0], cache_k.shape[3]
-    k_pos = torch.cat([torch.arange(S, device=idx.device), pos])  # cache slot s holds position s
-    k_tok = torch.cat([torch.zeros(N, S, dtype=idx.dtype, device=idx.device), idx], 1)
-    mask = hide_far_masks(mask, pos, k_pos, k_tok, model.cfg.mask_window)
-    x = model.wte(idx) + model.wpe(pos)
-    ks, vs = [], []
-    for i, blk in enumerate(model.blocks):
-        x, k, v = blk(x, mask, cache_k[i], cache_v[i])
-        ks.append(k)
-        vs.append(v)
-    return model.head(x), torch.stack(ks), torch.stack(vs)
-
-
-def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nfe, done, q,
+def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, nfe, done, q,
                   threshold, k: int, by_index: bool, temperature: float, distance: int = 0):
     """One step of `generate`'s inner loop for the whole fixed batch, as a pure function of
     tensors, so torch.compile traces forward + sampling + commit rule as one graph.
-    pending [N, Tp] (Tp = 0 after a block's first step); blk/stp/lpb [N, Tb] are the
-    block's tokens, commit steps and log-probs. Finished rows ride along: they never
-    `need` a step, so they commit nothing and count no forward.
+    pending [N, Tp] (Tp = 0 after a block's first step); blk/fwd/logp [N, Tb] are the
+    block's tokens, trace (the forward index that committed each) and log-probs.
+    Finished rows ride along: they never `need` a step, so they commit nothing and count
+    no forward. The forward attends to the full, static-size cache and writes nothing:
+    it returns the pending tokens' keys/values for the caller to copy into the cache (a
+    compiled function that mutates no input is the simple case for CUDA graphs).
     q [N, Tb, V] are Exp(1) draws: argmax(p / q) is exactly how torch.multinomial draws
     one sample, so with the same draws the tokens equal `generate`'s (without
     multinomial's host sync, which checks its input)."""
     Tp, Tb = pending.shape[1], blk.shape[1]
-    logits, k_new, v_new = _cached_forward(model, torch.cat([pending, blk], 1), pos, mask,
-                                           cache_k, cache_v)
-    logits = logits[:, Tp:].float()
+    x, keys, values = model.hidden(torch.cat([pending, blk], 1), pos, mask, cache_k, cache_v)
+    logits = model.head(x)[:, Tp:].float()
     masked = blk == MASK_ID
     need = masked.any(1) & ~done
     if temperature > 0:
@@ -96,15 +76,16 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, stp, lpb, nf
     lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
     commit = _commit(lp.exp(), near_frontier(masked, distance), need, threshold, k, by_index)
     blk = torch.where(commit, tok, blk)
-    stp = torch.where(commit, nfe[:, None], stp)
-    lpb = torch.where(commit, lp, lpb)
+    fwd = torch.where(commit, nfe[:, None], fwd)
+    logp = torch.where(commit, lp, logp)
     nfe = nfe + need.long()
     is_eos = blk == EOS_ID
     first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), Tb)
     before = torch.arange(Tb, device=blk.device)[None, :] < first_eos[:, None]
     done = done | (is_eos.any(1) & ~((blk == MASK_ID) & before).any(1))
     more = ((blk == MASK_ID).any(1) & ~done).any()  # does any row need another step?
-    return blk, stp, lpb, nfe, done, more, k_new[:, :, :, :Tp], v_new[:, :, :, :Tp]
+    return (blk, fwd, logp, nfe, done, more,
+            torch.stack(keys)[:, :, :, :Tp], torch.stack(values)[:, :, :, :Tp])
 
 
 # ----------------------------------------------------------------------------- commit rule, as a table
@@ -138,7 +119,8 @@ def compiled_step(device_type: str):
     """torch.compile'd `_denoise_step`, one per device type.
     CUDA: mode 'reduce-overhead' records each static shape (the first step of block 0,
     P + B wide; of later blocks, 2B; every other step, B) as a CUDA graph, so a step is
-    one graph launch instead of ~150 kernel launches. CPU: default inductor, with
+    one graph launch instead of one kernel launch per op (at this model size the
+    launches, not the arithmetic, are most of a step). CPU: default inductor, with
     dynamic shapes so that one set of C++ kernels serves every block size and batch
     (each static-shape graph would cost a gcc compile of its own)."""
     if device_type not in _COMPILED:
@@ -153,7 +135,8 @@ def compiled_step(device_type: str):
             fx_config.use_duck_shape = False
         _COMPILED[device_type] = torch.compile(
             _denoise_step, dynamic=not cuda, mode="reduce-overhead" if cuda else None,
-            # CPU: a C++ wrapper calls the kernels, not Python: ~10 % less per step
+            # CPU: a C++ wrapper calls the kernels, not Python, which saves the interpreter's
+            # per-kernel overhead on every step (bench/bench_decode.py measures it)
             options=None if cuda else {"cpp_wrapper": True})
     return _COMPILED[device_type]
 
@@ -210,8 +193,8 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
         # step count is known; dynamic: after each step, ask whether any row has masks.
         n_steps = Tb if rule == "dynamic" else math.ceil(Tb / min(k, Tb))
         blk = torch.full((N, Tb), MASK_ID, dtype=torch.long, device=dev)
-        stp = torch.full((N, Tb), -1, dtype=torch.long, device=dev)
-        lpb = torch.zeros(N, Tb, dtype=torch.float32, device=dev)
+        blk_fwd = torch.full((N, Tb), -1, dtype=torch.long, device=dev)
+        blk_logp = torch.zeros(N, Tb, dtype=torch.float32, device=dev)
         for i in range(n_steps):
             slots, pos, mask = first if i == 0 else later
             q = None
@@ -221,20 +204,20 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
                     q = torch.ones(N, Tb, V, device=dev).index_copy_(0, alive, q)
             if cudagraphs:  # we clone what we keep of the last replay: its buffers may be reused
                 torch.compiler.cudagraph_mark_step_begin()
-            blk, stp, lpb, nfe, done, more, k_new, v_new = step_fn(
-                model, pending, blk, pos, mask, cache.k, cache.v, stp, lpb, nfe, done, q,
+            blk, blk_fwd, blk_logp, nfe, done, more, new_keys, new_values = step_fn(
+                model, pending, blk, pos, mask, cache.k, cache.v, blk_fwd, blk_logp, nfe, done, q,
                 thr, k, by_index, temperature, distance)
             n_fwd += 1
             if i == 0:  # the pending tokens are clean: their keys/values go to the cache
-                cache.k[:, :, :, slots], cache.v[:, :, :, slots] = k_new, v_new
+                cache.k[:, :, :, slots], cache.v[:, :, :, slots] = new_keys, new_values
                 pending = no_pending
             if cudagraphs:
-                blk, stp, lpb, nfe, done = (t.clone() for t in (blk, stp, lpb, nfe, done))
+                blk, blk_fwd, blk_logp, nfe, done = (t.clone() for t in (blk, blk_fwd, blk_logp, nfe, done))
             if ask_every_step:
                 n_sync += 1
                 if not more:
                     break
-        tokens[:, start:end], fwd[:, start:end], logp[:, start:end] = blk, stp, lpb
+        tokens[:, start:end], fwd[:, start:end], logp[:, start:end] = blk, blk_fwd, blk_logp
         pending = blk
     if stats is not None:
         stats.update(forwards=n_fwd, syncs=n_sync)

@@ -7,9 +7,14 @@ per-position block id (docs/design.md §3):
   * causal: AR pre-training (train.py --stage ar).
   * block-causal: inference. A token sees every earlier block and its own block.
   * training layout [prompt | clean answer | noisy answer]: the noisy copy reuses the
-    clean position ids; noisy block k sees the prompt, clean blocks < k and noisy block k,
+    clean position ids; noisy block b sees the prompt, clean blocks < b and noisy block b,
     and clean tokens never see noisy ones. One forward trains every block with exactly
     the context the sampler has at inference (SDAR / BD3-LM's "vectorised" layout).
+
+Every path runs the same transformer, `GPT.hidden` (tokens, positions, mask, optionally
+a KV cache to attend to): `forward` (training and TraceRL's recomputation), `decode_step`
+(the block sampler), `decode_ar` (AR decoding), fast_sample's compiled step and the value
+model only build its inputs and read its output.
 
 Prediction convention (SDAR's): the output at a masked position predicts the token at
 that position, no shift; the AR weights are only the initialisation.
@@ -55,19 +60,20 @@ class GPTConfig:
 
 # ----------------------------------------------------------------------------- masks
 
-def attention_mask(q_bid, q_noisy, q_pos, k_bid, k_noisy, k_pos):
+def attention_mask(q_bid, q_noisy_copy, q_pos, k_bid, k_noisy_copy, k_pos):
     """Boolean [Tq, Tk] mask, True where query may attend key.
 
-    bid is the diffusion block index of a position (-1 for the prompt), noisy marks the
-    noisy copy. Rules: the prompt is causal; a clean token sees the prompt and clean
-    blocks <= its own; a noisy token sees the prompt, clean blocks < its own and noisy
-    tokens of its own block. Everything else is hidden."""
+    bid is the diffusion block index of a position (-1 for the prompt); noisy_copy marks
+    the positions of a noisy block (the training layout's noisy copy, or the block the
+    sampler is denoising). Rules: the prompt is causal; a clean token sees the prompt and
+    clean blocks <= its own; a noisy-copy token sees the prompt, clean blocks < its own
+    and the noisy-copy tokens of its own block. Everything else is hidden."""
     qb, kb = q_bid[:, None], k_bid[None, :]
-    qn, kn = q_noisy[:, None], k_noisy[None, :]
+    qc, kc = q_noisy_copy[:, None], k_noisy_copy[None, :]
     prompt = (qb < 0) & (kb < 0) & (k_pos[None, :] <= q_pos[:, None])
-    clean = ~qn & ~kn & (qb >= 0) & (kb <= qb)
-    noisy = qn & ((~kn & (kb < qb)) | (kn & (kb == qb)))
-    return prompt | clean | noisy
+    clean = ~qc & ~kc & (qb >= 0) & (kb <= qb)
+    copy = qc & ((~kc & (kb < qb)) | (kc & (kb == qb)))
+    return prompt | clean | copy
 
 
 def hide_far_masks(mask, q_pos, k_pos, k_tokens, window: int):
@@ -98,19 +104,31 @@ def training_layout(prompt_len: int, answer_len: int, block_size: int, shift: in
     P, A = prompt_len, answer_len
     ab = answer_block_ids(A, block_size, shift, device)
     bid = torch.cat([torch.full((P,), -1, device=device), ab, ab])
-    noisy = torch.cat([torch.zeros(P + A, dtype=torch.bool, device=device),
-                       torch.ones(A, dtype=torch.bool, device=device)])
+    noisy_copy = torch.cat([torch.zeros(P + A, dtype=torch.bool, device=device),
+                            torch.ones(A, dtype=torch.bool, device=device)])
     pos = torch.cat([torch.arange(P + A, device=device), torch.arange(P, P + A, device=device)])
-    return pos, attention_mask(bid, noisy, pos, bid, noisy, pos)
+    return pos, attention_mask(bid, noisy_copy, pos, bid, noisy_copy, pos)
 
 
-def block_causal_layout(prompt_len: int, answer_len: int, block_size: int, device="cpu"):
-    """(pos, mask) for inference without a cache: prompt causal, answer block-causal."""
-    ab = answer_block_ids(answer_len, block_size, 0, device)
-    bid = torch.cat([torch.full((prompt_len,), -1, device=device), ab])
-    noisy = torch.zeros(prompt_len + answer_len, dtype=torch.bool, device=device)
-    pos = torch.arange(prompt_len + answer_len, device=device)
-    return pos, attention_mask(bid, noisy, pos, bid, noisy, pos)
+def cached_step_layout(cache_len: int, n_pending: int, pending_bid: int, n_block: int, block_bid: int,
+                       n_slots: int, device="cpu"):
+    """(pos [T], mask [T, n_slots + T]) of one cached denoising step: T = n_pending clean
+    tokens of block pending_bid (-1: the prompt; the tokens not cached yet), then the
+    n_block tokens of the noisy block block_bid, at positions cache_len onwards, against
+    n_slots cache slots (the first cache_len written) and themselves.
+
+    The cache holds the prompt and finished blocks only, all earlier than any query's
+    block, so every query sees every written slot: the cache needs no block ids, and the
+    slots not written yet are hidden (the compiled sampler attends to all max_seq_len
+    slots of the preallocated cache to keep its shapes static)."""
+    T = n_pending + n_block
+    pos = torch.arange(cache_len, cache_len + T, device=device)
+    bid = torch.cat([torch.full((n_pending,), pending_bid, device=device),
+                     torch.full((n_block,), block_bid, device=device)])
+    noisy_copy = torch.arange(T, device=device) >= n_pending
+    own = attention_mask(bid, noisy_copy, pos, bid, noisy_copy, pos)
+    cached = (torch.arange(n_slots, device=device) < cache_len).expand(T, n_slots)
+    return pos, torch.cat([cached, own], 1)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -118,15 +136,26 @@ def block_causal_layout(prompt_len: int, answer_len: int, block_size: int, devic
 class KVCache:
     """Keys and values of the prompt and every finished block: O(L) per sequence,
     preallocated to max_seq_len. All rows share one length, since prompts are padded to
-    one width and the batch decodes block by block in lockstep."""
+    one width and the batch decodes block by block in lockstep. Slot s holds position s."""
 
     def __init__(self, cfg: GPTConfig, batch: int, device, dtype=torch.float32):
         hd = cfg.n_embd // cfg.n_head
         shape = (cfg.n_layer, batch, cfg.n_head, cfg.max_seq_len, hd)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.bid = torch.zeros(cfg.max_seq_len, dtype=torch.long, device=device)
         self.len = 0
+
+    def past(self):
+        """The written part, as GPT.hidden's past_k, past_v."""
+        return self.k[:, :, :, :self.len], self.v[:, :, :, :self.len]
+
+    def append(self, keys, values, n: int):
+        """Write the first n positions of a forward's per-layer keys/values (GPT.hidden's
+        lists of [N, H, T, hd]) after the written part."""
+        for i, (k, v) in enumerate(zip(keys, values)):
+            self.k[i, :, :, self.len:self.len + n] = k[:, :, :n]
+            self.v[i, :, :, self.len:self.len + n] = v[:, :, :n]
+        self.len += n
 
     def keep(self, rows: torch.Tensor):
         """Drop finished sequences (rows = indices to keep)."""
@@ -203,20 +232,42 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
+    def hidden(self, idx, pos, mask, past_k=None, past_v=None):
+        """The transformer: the one forward that training, both samplers and the value
+        model all run, so that a token's log-prob is the same number wherever it is
+        computed (TraceRL's pi_old equals its recomputation only while they agree).
+
+        idx [N, T] at positions pos [T]. past_k, past_v: None, or the keys/values
+        [n_layer, N, H, S, hd] of S earlier positions 0..S-1 (a KV cache), all of clean
+        tokens; the queries attend to those and to idx. mask [T, S + T] bool: which keys
+        each query sees, past first; the mask window is applied on top. mask None means
+        causal (AR), with no window: AR inputs hold no <|mask|> for it to hide, so no
+        per-row mask is built.
+        Returns the residual stream [N, T, C] (before the final norm) and the per-layer
+        keys and values of idx, lists of [N, H, T, hd], for a caller that caches them."""
+        N, S = idx.shape[0], 0 if past_k is None else past_k.shape[3]
+        k_pos = torch.cat([torch.arange(S, device=idx.device), pos])  # cache slot s holds position s
+        if mask is None:
+            mask = k_pos[None, :] <= pos[:, None]
+        else:  # the cached keys are clean, never <|mask|>: the window only looks at idx
+            k_tok = torch.cat([torch.zeros(N, S, dtype=idx.dtype, device=idx.device), idx], 1)
+            mask = hide_far_masks(mask, pos, k_pos, k_tok, self.cfg.mask_window)
+        x = self.wte(idx) + self.wpe(pos)
+        keys, values = [], []
+        for i, blk in enumerate(self.blocks):
+            past = (None, None) if past_k is None else (past_k[i], past_v[i])
+            x, k, v = blk(x, mask, *past)
+            keys.append(k)
+            values.append(v)
+        return x, keys, values
+
     def forward(self, idx, targets=None, pos=None, mask=None):
         """Full-sequence forward. idx [N, T]; pos [T] position ids (default 0..T-1);
         mask [T, T] bool (default causal). Returns (logits, loss); loss is the mean CE
         over targets != -1 (None without targets)."""
-        T = idx.shape[1]
         if pos is None:
-            pos = torch.arange(T, device=idx.device)
-        if mask is None:
-            mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
-        else:  # a diffusion layout: apply the mask window (a no-op when no mask is far)
-            mask = hide_far_masks(mask, pos, pos, idx, self.cfg.mask_window)
-        x = self.wte(idx) + self.wpe(pos)
-        for blk in self.blocks:
-            x, _, _ = blk(x, mask)
+            pos = torch.arange(idx.shape[1], device=idx.device)
+        x, _, _ = self.hidden(idx, pos, mask)
         logits = self.head(x)
         loss = None
         if targets is not None:
@@ -224,41 +275,29 @@ class GPT(nn.Module):
                                    ignore_index=-1)
         return logits, loss
 
-    def decode_step(self, cache: KVCache, pending, pending_bid: int, block=None, block_bid: int = 0):
-        """One cached forward. `pending` [N, Tp] are clean tokens not yet in the cache (the
-        prompt, or the block just finished, or the last AR token); their keys/values are
-        written to the cache. `block` [N, Tb] is the noisy block being denoised (None for
-        AR decoding); it attends to the cache, the pending tokens and itself, and is not
+    def decode_step(self, cache: KVCache, pending, pending_bid: int, block, block_bid: int):
+        """One cached denoising step. `pending` [N, Tp] are clean tokens not yet in the
+        cache (the prompt, block -1, or the block just finished, or nothing); their
+        keys/values are written to the cache. `block` [N, Tb] is the noisy block being
+        denoised; it attends to the cache, the pending tokens and itself, and is not
         cached. Fusing the KV write of a finished block into the next block's first
         denoising step means every forward counted in TPF also denoises.
-        Returns logits of the block (or of the pending tokens when block is None)."""
-        dev = pending.device
+        Returns the block's logits [N, Tb, V]."""
         L, Tp = cache.len, pending.shape[1]
-        Tb = 0 if block is None else block.shape[1]
-        x_idx = pending if block is None else torch.cat([pending, block], dim=1)
-        pos = torch.arange(L, L + Tp + Tb, device=dev)
-        q_bid = torch.cat([torch.full((Tp,), pending_bid, device=dev),
-                           torch.full((Tb,), block_bid, device=dev)])
-        q_noisy = torch.arange(Tp + Tb, device=dev) >= Tp
-        cache.bid[L:L + Tp] = pending_bid
-        k_bid = torch.cat([cache.bid[:L], q_bid])
-        k_noisy = torch.cat([torch.zeros(L, dtype=torch.bool, device=dev), q_noisy])
-        k_pos = torch.arange(L + Tp + Tb, device=dev)
-        mask = attention_mask(q_bid, q_noisy, pos, k_bid, k_noisy, k_pos)
-        if pending_bid >= 0 and block is None:
-            # AR decoding: each generated token is its own block of one, i.e. causal.
-            mask = k_pos[None, :] <= pos[:, None]
-        if block is not None:  # the cache and pending tokens are clean: only the block has masks
-            k_tok = torch.cat([torch.zeros(x_idx.shape[0], L, dtype=torch.long, device=dev), x_idx], 1)
-            mask = hide_far_masks(mask, pos, k_pos, k_tok, self.cfg.mask_window)
-        x = self.wte(x_idx) + self.wpe(pos)
-        for i, blk in enumerate(self.blocks):
-            x, k, v = blk(x, mask, cache.k[i, :, :, :L], cache.v[i, :, :, :L])
-            cache.k[i, :, :, L:L + Tp] = k[:, :, :Tp]
-            cache.v[i, :, :, L:L + Tp] = v[:, :, :Tp]
-        cache.len = L + Tp
-        out = x if block is None else x[:, Tp:]
-        return self.head(out)
+        pos, mask = cached_step_layout(L, Tp, pending_bid, block.shape[1], block_bid, L, pending.device)
+        x, keys, values = self.hidden(torch.cat([pending, block], 1), pos, mask, *cache.past())
+        cache.append(keys, values, Tp)
+        return self.head(x[:, Tp:])
+
+    def decode_ar(self, cache: KVCache, tokens):
+        """AR decoding with the cache: tokens [N, T] (the prompt, then each generated token)
+        attend causally to the cache and each other, and are appended to it.
+        Returns their logits [N, T, V]."""
+        L = cache.len
+        pos = torch.arange(L, L + tokens.shape[1], device=tokens.device)
+        x, keys, values = self.hidden(tokens, pos, None, *cache.past())
+        cache.append(keys, values, tokens.shape[1])
+        return self.head(x)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -292,7 +331,7 @@ def load_checkpoint(path: str, device="cpu", expect: GPTConfig = None):
     except Exception as e:  # a truncated or foreign file: say so in one line
         raise CheckpointError(f"checkpoint {path} is not a tstar checkpoint ({type(e).__name__})") from None
     if expect is not None and asdict(cfg) != asdict(expect):
-        diff = {k: (v, asdict(expect)[k]) for k, v in asdict(cfg).items() if asdict(expect)[k] != v}
+        diff = {name: (v, asdict(expect)[name]) for name, v in asdict(cfg).items() if asdict(expect)[name] != v}
         raise CheckpointError(f"checkpoint {path} was made with a different config "
                               f"(stored vs wanted: {diff}); use another --out or matching flags")
     model = GPT(cfg).to(device)

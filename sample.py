@@ -215,7 +215,7 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
     nfe = torch.zeros(N, dtype=torch.long, device=dev)
     done = torch.zeros(N, dtype=torch.bool, device=dev)
     cache = KVCache(cfg, N, dev)
-    logits = model.decode_step(cache, prompts, -1)[:, -1]
+    logits = model.decode_ar(cache, prompts)[:, -1]
     for i in range(A):
         logits = logits.float()
         lp_all = F.log_softmax(logits / (temperature or 1.0), dim=-1)
@@ -228,7 +228,7 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
         done |= tok == EOS_ID
         if done.all() or i == A - 1:
             break
-        logits = model.decode_step(cache, tok[:, None], cfg.prompt_len + i)[:, -1]
+        logits = model.decode_ar(cache, tok[:, None])[:, -1]
     return outputs(tokens, None, logp, nfe)
 
 

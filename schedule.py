@@ -17,6 +17,8 @@ that achieves comparable performance". Three views of that schedule (docs/design
 The replay table asks whether the schedule alone carries the gain, or the weights that
 learned it: T* with its own dynamic rule, T* replaying Ŝ, the SFT and no-RL models
 replaying the same Ŝ, and each with plain left-to-right decoding in as many steps.
+Ours, not the paper's: how Ŝ is extracted. It is one schedule shared by every block and
+every problem (from mean ranks), since only a fixed schedule can be replayed on its own.
 """
 import argparse
 import json
@@ -96,7 +98,7 @@ def schedule_stats(fwd: torch.Tensor, block_size: int):
 def schedule_grid(fwd: torch.Tensor, tokens: torch.Tensor, block_size: int, n_blocks: int = 4):
     """ASCII picture: for a few blocks, the within-block step rank at which each position
     was committed (0 = first step; '.' = not decoded), under the decoded text."""
-    # Ranks, not raw step values: `step` is the sequence's global forward index, which
+    # Ranks, not raw trace values: `fwd` holds the sequence's global forward index, which
     # also counts the forwards of earlier blocks, so only the order within a block reads.
     lines = []
     ranks = commit_ranks(fwd[:n_blocks, :block_size], block_size)

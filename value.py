@@ -27,7 +27,7 @@ import torch.nn as nn
 
 import dist
 from data.tokenizer import MASK_ID
-from model import GPT, hide_far_masks, training_layout
+from model import GPT, training_layout
 
 
 class ValueModel(nn.Module):
@@ -42,14 +42,10 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, idx, pos, mask):
-        """Values [N, T] in fp32 or wider (the body's embeddings, blocks and final norm; its
-        LM head is not used)."""
-        b = self.body
-        mask = hide_far_masks(mask, pos, pos, idx, b.cfg.mask_window)  # as the policy's forward
-        x = b.wte(idx) + b.wpe(pos)
-        for blk in b.blocks:
-            x, _, _ = blk(x, mask)
-        v = self.head(b.ln_f(x)).squeeze(-1)
+        """Values [N, T] in fp32 or wider: the body's transformer and final norm (as the
+        policy's forward, mask window included), then the value head instead of the LM head."""
+        x, _, _ = self.body.hidden(idx, pos, mask)
+        v = self.head(self.body.ln_f(x)).squeeze(-1)
         return v.to(torch.promote_types(v.dtype, torch.float32))
 
 

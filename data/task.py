@@ -13,6 +13,8 @@ the test split is drawn from its own seed stream and removed from the training p
 the two never share a question. A user's own GSM8K-style JSONL goes through the same
 `read_jsonl`, and a malformed line fails with the file, the line number and the reason.
 Grading (`extract_answer`, `is_correct`) lives here too: the task owns the `#### N` format.
+Simplified from the paper: generated arithmetic in GSM8K's format stands in for real math
+data (which goes through the same reader), so a small CPU model has a task it can learn.
 """
 import argparse
 import json
@@ -40,9 +42,9 @@ class Level:
     p_words: float     # chance of a one-line word template around the expression
 
 
-# Level 2 is the default (docs/design.md §2): 3-4 operands up to 30 leave a small
-# CPU model near 1 %, while 2-3 operands up to 20 with one-digit multipliers are
-# learnable in minutes yet still below 100 % after AR + SFT.
+# Level 2 is the default (docs/design.md §2 has the numbers): harder levels leave a
+# small CPU model with almost no reward to learn from, while level 2 is learnable on
+# a CPU budget and still not solved by AR + SFT alone, so RL has something to gain.
 LEVELS = {
     1: Level(2, 2, 10, 5, 0.0, 0.0),
     2: Level(2, 3, 20, 9, 0.0, 0.0),

@@ -2,7 +2,17 @@
 import torch
 
 from data.tokenizer import MASK_ID
-from model import KVCache, block_causal_layout, training_layout
+from model import KVCache, answer_block_ids, attention_mask, cached_step_layout, training_layout
+
+
+def block_causal_layout(prompt_len: int, answer_len: int, block_size: int, device="cpu"):
+    """(pos, mask) for inference without a cache: prompt causal, answer block-causal (the
+    uncached reference the cached decoder is checked against)."""
+    ab = answer_block_ids(answer_len, block_size, 0, device)
+    bid = torch.cat([torch.full((prompt_len,), -1, device=device), ab])
+    noisy_copy = torch.zeros(prompt_len + answer_len, dtype=torch.bool, device=device)
+    pos = torch.arange(prompt_len + answer_len, device=device)
+    return pos, attention_mask(bid, noisy_copy, pos, bid, noisy_copy, pos)
 
 
 def _grid(rows):
@@ -51,6 +61,23 @@ def test_block_causal_mask_by_hand():
     assert torch.equal(mask, want)
 
 
+def test_cached_step_mask_by_hand():
+    # P=2 prompt cached (L=2), pending clean block 0 (2 tokens), noisy block 1 (2 tokens),
+    # against 4 cache slots (slots 2, 3 not written yet): columns [s0 s1 s2 s3 | c0 c1 n0 n1]
+    pos, mask = cached_step_layout(2, 2, 0, 2, 1, 4)
+    assert pos.tolist() == [2, 3, 4, 5]
+    want = _grid([
+        "1100 1100",  # c0: the cached prompt + its whole own clean block
+        "1100 1100",  # c1
+        "1100 1111",  # n0: the cached prompt, clean block 0, its own noisy block
+        "1100 1111",  # n1
+    ])
+    assert torch.equal(mask, want)
+    # the first step of block 0: the prompt itself is pending (causal), nothing cached
+    _, mask = cached_step_layout(0, 2, -1, 2, 0, 0)
+    assert torch.equal(mask, _grid(["10 00", "11 00", "11 11", "11 11"]))
+
+
 def test_default_forward_is_causal(tiny_model):
     # Changing a later token must not change earlier logits under the AR mask.
     x = torch.randint(0, 256, (1, 12))
@@ -95,6 +122,19 @@ def test_cached_equals_uncached(tiny_model, prompts, tiny_cfg):
     pos, mask = training_layout(P, A, 4)
     wrong, _ = tiny_model(torch.cat([prompts, clean, noisy], 1), pos=pos, mask=mask)
     assert not torch.allclose(cached, wrong[:, P + A:], atol=1e-6)
+
+
+def test_ar_cached_logits_equal_uncached(tiny_model, prompts, tiny_cfg):
+    """decode_ar (prefill, then one token at a time) gives the causal forward's logits."""
+    torch.manual_seed(2)
+    seq = torch.cat([prompts, torch.randint(0, 256, (prompts.shape[0], 6))], 1)
+    cache = KVCache(tiny_cfg, seq.shape[0], "cpu", torch.float64)
+    P = tiny_cfg.prompt_len
+    cached = [tiny_model.decode_ar(cache, seq[:, :P])]
+    cached += [tiny_model.decode_ar(cache, seq[:, i:i + 1]) for i in range(P, seq.shape[1])]
+    assert cache.len == seq.shape[1]
+    full, _ = tiny_model(seq)
+    assert torch.allclose(torch.cat(cached, 1), full, atol=1e-10)
 
 
 def test_mask_and_pad_are_never_predicted(tiny_model):

@@ -30,10 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-# Grading is the task's (it defines the '#### N' format); extract_answer is re-exported
-# from here so `from eval_math import extract_answer, is_correct` keeps working.
-from data.task import (DataError, check_fit, encode_prompts, extract_answer, is_correct,  # noqa: F401
-                       load_task, read_jsonl, task_tensors)
+# Grading is the task's (it defines the '#### N' format)
+from data.task import DataError, check_fit, encode_prompts, is_correct, load_task, read_jsonl, task_tensors
 from data.tokenizer import MASK_ID, decode
 from model import CheckpointError, load_checkpoint, pick_device, training_layout
 from sample import RULES, generate, generate_ar

@@ -79,6 +79,14 @@ def aggregate(out, seeds, stages, threshold=0.9):
         lines += ["", f"T*@{Bl} minus direct@{Bl} at B={Bl} dynamic, per seed: "
                       + ", ".join(f"{g:+.1f}" for g in gap) + " points; T*@" + f"{Bl} keeps "
                       + ", ".join(f"{100 * k:.0f}" for k in keep) + f" % of the B={B0} model's accuracy."]
+    if len(stages) > 1 and any(r["rule"] == "ltr" for r in rows):  # the sweep ran: compare on the frontier
+        lines += ["", f"On the frontier, per seed (report.py --frontier {out}): each method's best accuracy at "
+                      f"B={stages[-1]} above the B={stages[0]} model's TPF, and its accuracy at that TPF.", ""]
+        lines += frontier_table([out], threshold)
+        path = os.path.join(out, "frontier.png")
+        drawn = plots.frontier(rows, names, stages, path, f"mean over training seeds {','.join(map(str, seeds))}")
+        lines += ["", "![the frontier, mean over seeds](frontier.png)" if drawn else
+                  "frontier.png skipped (no matplotlib: pip install -r requirements-plots.txt)"]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "aggregate.md"), "w") as f:
         f.write(text)

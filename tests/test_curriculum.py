@@ -277,6 +277,10 @@ def test_seeds_run_one_ladder_per_seed_and_aggregate(tmp_path):
     row = next(l for l in md.splitlines() if l.startswith("| tstar8 | "))
     assert row.split(" | ")[3].startswith(f"{100 * main['accuracy']:.1f} (")
     assert "# T* results over seeds 0,1" in p.stdout
+    # the frontier comparison per seed (report.py --frontier) and the picture of the seed means
+    fr = [l for l in md.splitlines() if l.startswith(f"| {os.path.normpath(out)} | ")]
+    assert [l.split(" | ")[1] for l in fr] == ["0", "1"]
+    assert (out / "frontier.png").exists() and "![the frontier, mean over seeds](frontier.png)" in md
     # the scale table over finished runs: a --seeds parent row (mean, min-max) and a one-seed row
     sc = subprocess.run([sys.executable, "report.py", "--scale", str(out), str(out / "seed1"),
                         "--out", str(tmp_path / "scale.md")], cwd=ROOT, capture_output=True, text=True)

@@ -82,17 +82,18 @@ def parse_stages(text: str, answer_len: int):
 class Run:
     """The run directory: checkpoints, their RL histories, the settings it was made with."""
 
-    def __init__(self, out, settings, device):
+    def __init__(self, out, settings, device, defaults=None):
         self.out, self.device = out, device
+        defaults = defaults or {}
         settings = json.loads(json.dumps(settings))  # as stored: tuples (--acc-band) become lists
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, "settings.json")
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
-            # a flag added since the run was made is no difference while it stays off
+            # a flag added since the run was made is no difference while it has its default
             diff = {k: (old.get(k), v) for k, v in settings.items()
-                    if old.get(k) != v and (k in old or v not in (None, False, 0, "", []))}
+                    if old.get(k) != v and (k in old or k not in defaults or defaults[k] != v)}
             if diff:
                 raise CheckpointError(f"{out} was made with other settings (stored vs now: {diff}); "
                                       f"use another --out or the same flags")
@@ -245,6 +246,9 @@ def main():
     pre, _ = ap.parse_known_args()
     ap.set_defaults(**PRESETS[pre.preset])
     a = ap.parse_args()
+    # every flag's value when not typed (the preset's where it has one): a run made before a
+    # flag existed resumes while that flag stays at it (Run's settings check)
+    defaults = json.loads(json.dumps(vars(ap.parse_args([]))))
     if a.quick:
         # overrides the budget flags: a smoke run, not a result
         a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
@@ -263,11 +267,11 @@ def main():
         sys.exit(f"error: {e}" if dist.is_main() else 1)
     try:
         if seeds is None:  # one seed, straight into --out (as before --seeds existed)
-            run_ladder(a, cfg, stages, dev, a.out, a.seed)
+            run_ladder(a, cfg, stages, dev, a.out, a.seed, defaults)
         else:  # one complete ladder per training seed, then the table over seeds
             for s in seeds:
                 print(f"=== seed {s} -> {os.path.join(a.out, f'seed{s}')}", flush=True)
-                run_ladder(a, cfg, stages, dev, os.path.join(a.out, f"seed{s}"), s)
+                run_ladder(a, cfg, stages, dev, os.path.join(a.out, f"seed{s}"), s, defaults)
             if dist.is_main():
                 aggregate(a.out, seeds, stages, a.eval_threshold)
     except (CheckpointError, DataError, FloatingPointError) as e:
@@ -288,7 +292,7 @@ def parse_seeds(text: str):
     return seeds
 
 
-def run_ladder(a, cfg, stages, dev, out, seed):
+def run_ladder(a, cfg, stages, dev, out, seed, defaults=None):
     """The whole job for one training seed in the run directory `out`: supervised base,
     T*, direct, no-RL, evaluation, report. Every step is skipped when its checkpoint exists."""
     task = task_from_args(a)
@@ -299,7 +303,7 @@ def run_ladder(a, cfg, stages, dev, out, seed):
     t_start = time.time()
     train_rows, test_rows = load_task(task)  # before Run: bad data leaves no run directory
     check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
-    run = Run(out, settings, dev)
+    run = Run(out, settings, dev, defaults)
     B0 = stages[0]
     # --- supervised stages: the AR-initialised small-block MDM
     if not run.have("ar"):

@@ -230,6 +230,25 @@ def test_resume_with_other_settings_fails_in_one_line(tiny_run):
     assert _mtimes(out) == before
 
 
+def test_a_run_made_before_a_flag_existed_resumes(tiny_run, tmp_path):
+    """A flag added since a run was made (its key absent from settings.json) is no difference
+    while it keeps its default, string defaults included; typed to another value, it is one."""
+    import shutil
+    out = str(tmp_path / "old")
+    shutil.copytree(tiny_run[0], out)
+    path = os.path.join(out, "settings.json")
+    settings = json.loads(open(path).read())
+    for key in ("ref_to", "speed_alpha", "grow_spread"):
+        del settings[key]
+    open(path, "w").write(json.dumps(settings))
+    before = _mtimes(out)
+    p = curriculum(*TINY, "--out", out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _mtimes(out) == before  # nothing retrained
+    line = one_error_line(curriculum(*TINY, "--ref-to", "base", "--out", out))
+    assert "ref_to" in line
+
+
 def test_gpu_preset_starts_on_cpu(tmp_path):
     """The GPU preset is never dead code: with tiny overrides it runs a one-stage ladder on
     CPU and stores the preset's settings (explicit flags win over the preset)."""

@@ -25,7 +25,10 @@ taken at the sampling weights, so ρ = 1, the clip and the KL do nothing, and th
 is group-normalised policy gradient; --updates > 1 takes several steps on the same rows,
 where ρ moves away from 1 and the clip and KL start to act. Simplified from the paper: no
 value model by default (`--value-model` adds the diffusion value model of value.py:
-A_t = R − V(s_t)), binary reward only. Under torchrun the P prompts are split across ranks (each prompt's K samples
+A_t = R − V(s_t)), binary reward by default, no reference model by default. Ours, off by
+default (docs/experiments.md, round 3): `--reach-spread` (a group's samples decode with
+different commit distances), `--speed-alpha` (a right answer earns 1 + α·TPF) and `--ref-kl`
+(a k3 KL to the frozen weights the stage started from). Under torchrun the P prompts are split across ranks (each prompt's K samples
 on one rank), the loss is normalised by global counts and gradients are summed (dist.py).
 """
 import argparse

@@ -64,14 +64,14 @@ def make_rollouts():
     prompts = encode_prompts([r["question"] for r in rows], CFG.prompt_len).repeat_interleave(K, 0)
     out = generate(fresh_model(), prompts, 8, "dynamic", 0.9, temperature=1.0,
                    generator=torch.Generator().manual_seed(0))
-    return dict(out, prompts=prompts, reward=REWARD)
+    return dict(out, prompts=prompts, reward=REWARD, correct=REWARD)  # binary: correct = reward
 
 
 def shard(ro):
     """This rank's share, as rollout() deals it: prompt p (all K samples) on rank p % world."""
     groups = list(range(dist.rank(), ro["reward"].shape[0], dist.world()))
     resp = torch.tensor([p * K + j for p in groups for j in range(K)], dtype=torch.long)
-    return {k: (v[groups] if k == "reward" else v[resp]) for k, v in ro.items()}
+    return {k: (v[groups] if k in ("reward", "correct") else v[resp]) for k, v in ro.items()}
 
 
 def rl(ro, value):

@@ -92,7 +92,8 @@ def test_rl_update_with_critic_uses_reward_minus_value(tiny_model, prompts):
     m = copy.deepcopy(tiny_model)
     pr = prompts[:3].repeat_interleave(k, 0)
     ro = generate(m, pr, 8, "dynamic", 0.9, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    ro = dict(ro, prompts=pr, reward=torch.tensor([[1., 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]]))
+    reward = torch.tensor([[1., 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+    ro = dict(ro, prompts=pr, reward=reward, correct=reward)  # binary: correct = reward
     a = _rl_args(k)
     critic = Critic(m, lr=1e-2)
     critic.model = random_critic(m)

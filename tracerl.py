@@ -362,7 +362,7 @@ def add_rl_args(ap):
     """RL flags, shared with curriculum.py."""
     ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
-    ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (1e-4 lost 7 points at B=4, docs/experiments.md)")
+    ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (higher ones cost B=4 accuracy: docs/experiments.md E6)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
     ap.add_argument("--commit-distance", type=int, default=0,
                     help="rollouts commit only masks fewer than D places right of the block's leftmost "
@@ -393,7 +393,7 @@ def add_rl_args(ap):
     ap.add_argument("--value-model", action="store_true",
                     help="advantage R - V(state) from a diffusion value model instead of the group z-score (value.py)")
     ap.add_argument("--value-lr", type=float, default=1e-3,
-                    help="value model learning rate (1e-4 left V near 0 for 20 steps at B=8; 1e-3 learnt the mean reward)")
+                    help="value model learning rate (a tenth of it left V near 0 for a whole short stage)")
     ap.add_argument("--value-clip", type=float, default=0.2, help="value loss clip (PPO value clipping)")
 
 

@@ -210,8 +210,8 @@ def main():
     ap.add_argument("--out", default="runs/default", help="directory for ar.pt / sft{B}.pt")
     ap.add_argument("--init", default=None, help="AR checkpoint for --stage sft (default: OUT/ar.pt)")
     ap.add_argument("--block-size", type=int, default=4, help="diffusion block size for SFT")
-    # Sized to finish in under 6 min on 2 cores (5.9 min measured); curriculum.py's base
-    # uses 2000 + 1000 steps (7.9 min) for a stronger model (45.7 % -> 67.3 % at B=4).
+    # Sized to finish in a few minutes on 2 cores (README, Commands); curriculum.py's base
+    # trains longer (2000 + 1000 steps) because the arithmetic is learned late.
     ap.add_argument("--ar-steps", type=int, default=1500, help="AR pre-training steps")
     ap.add_argument("--sft-steps", type=int, default=700, help="block SFT steps")
     ap.add_argument("--ar-lr", type=float, default=1e-3, help="AR peak learning rate")

@@ -362,7 +362,7 @@ def add_rl_args(ap):
     """RL flags, shared with curriculum.py."""
     ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
-    ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (higher ones cost B=4 accuracy: docs/experiments.md E6)")
+    ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (higher ones cost B=4 accuracy: docs/experiments.md E4, E6)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
     ap.add_argument("--commit-distance", type=int, default=0,
                     help="rollouts commit only masks fewer than D places right of the block's leftmost "

@@ -186,11 +186,17 @@ def pictures(run, names, stages, results):
               f"{fname} skipped (no matplotlib: pip install -r requirements-plots.txt)", flush=True)
 
 
+def result_files(folder):
+    """A run folder's results.json files: its own (one seed), or every seed*/results.json
+    under it (a --seeds parent), in seed-folder order."""
+    own = os.path.join(folder, "results.json")
+    return [own] if os.path.exists(own) else sorted(glob.glob(os.path.join(folder, "seed*", "results.json")))
+
+
 def load_seed_results(folder):
     """A run folder's evaluation rows, one list per training seed: the folder's own
     results.json (one seed), or every seed*/results.json under it (--seeds)."""
-    files = ([os.path.join(folder, "results.json")] if os.path.exists(os.path.join(folder, "results.json"))
-             else sorted(glob.glob(os.path.join(folder, "seed*", "results.json"))))
+    files = result_files(folder)
     if not files:
         raise SystemExit(f"error: {folder} holds no results.json (nor seed*/results.json): not a finished run")
     out = [read_results(path) for path in files]
@@ -266,11 +272,10 @@ def frontier_rows(folder, threshold=0.9):
     whether a checkpoint at the last B decodes *more* tokens per forward at nearly its
     accuracy. Per method at the last B: the best accuracy at a TPF above the reference's
     (any decode of the sweep), and the accuracy at the reference's TPF (matched TPF)."""
-    per_seed, st = load_seed_results(folder)
-    # a --seeds parent: the seeds from its seed{S} folder names (load_seed_results' order)
-    seeds = ([] if os.path.exists(os.path.join(folder, "results.json")) else
-             [os.path.basename(os.path.dirname(p))[4:] for p in
-              sorted(glob.glob(os.path.join(folder, "seed*", "results.json")))])
+    per_seed, _ = load_seed_results(folder)
+    # each results.json's own settings name its seed (a --seeds parent's seed{S} folders too)
+    seeds = [json.load(open(os.path.join(os.path.dirname(p), "settings.json"))).get("seed")
+             for p in result_files(folder)]
     blocks = sorted({k[1] for k in per_seed[0]})
     B0, Bl = blocks[0], blocks[-1]
     rows = []
@@ -281,7 +286,7 @@ def frontier_rows(folder, threshold=0.9):
             pts = curve(per, f"{m}{Bl}", Bl)
             above = [p for p in pts if p[0] > ref["tpf"]]
             cells[m] = (max(above, key=lambda p: p[1]) if above else None, at_tpf(pts, ref["tpf"]))
-        rows.append(dict(seed=seeds[i] if seeds else st.get("seed"), ref=ref, cells=cells))
+        rows.append(dict(seed=seeds[i], ref=ref, cells=cells))
     return rows, B0, Bl
 
 

@@ -4,7 +4,8 @@
     python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --value-model --out runs/x/rl8v.pt
     torchrun --nproc_per_node 2 tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --out runs/x/rl8.pt
 
-One RL step reads top to bottom as: rollouts -> rewards -> advantages -> trace rows -> update.
+One RL step reads top to bottom as: rollouts -> rewards -> advantages -> trace rows -> update
+(steps 1-2 are rollouts.py's, 4 is traces.py's; this file is the RL maths and the loop).
   1. rollouts: P prompts x K samples at temperature 1, dynamic decoding at the rollout
      block size, with the trace (the forward that committed every token) and log-probs recorded;
   2. reward: 1 if the graded answer is right, else 0 (no eos = 0);
@@ -41,11 +42,9 @@ import time
 import torch
 
 import dist
-from data.task import (DataError, add_task_args, check_fit, encode_prompts, is_correct, load_task,
-                       read_jsonl, task_from_args)
-from data.tokenizer import decode
+from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
-from sample import generate
+from rollouts import merge_rollouts, parse_spread, rollout  # steps 1-2: rollouts and rewards
 from train import blew_up, finite
 from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss
@@ -97,46 +96,6 @@ def reference_penalty(new_lp, ref_lp, weight, beta: float):
 
 # ----------------------------------------------------------------------------- one RL step
 
-def sample_distances(n_groups: int, k: int, distance: int = 0, spread=None):
-    """Commit distance of every rollout sample [n_groups * k]: with a spread (--reach-spread,
-    ours), sample j of each group decodes with spread[j % len(spread)], so within one prompt
-    some samples may commit far from the frontier and some stay near it, and the group's
-    advantage says which was right; without one, every sample uses `distance`."""
-    per_sample = [spread[j % len(spread)] for j in range(k)] if spread else [distance] * k
-    return torch.tensor(per_sample, dtype=torch.long).repeat(n_groups)
-
-
-@torch.no_grad()
-def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0,
-            spread=None, speed_alpha: float = 0.0):
-    """Pick P prompts from `problems` with the shared `gen` (every rank picks the same
-    ones), sample K responses for this rank's share with `sample_gen` (default: gen), grade
-    them. DDP: the P prompts are split across ranks, prompt p on rank p % world, each with
-    all its K samples, so a group's mean and std (its advantage) are computed on the rank
-    that sampled it and no rewards need gathering.
-
-    The reward is 1 for a right answer, 0 otherwise; with speed_alpha > 0 a right answer
-    earns 1 + speed_alpha * TPF of its own decode (ours, after DiRL's and LightningRL's speed
-    rewards), so among right answers the faster ones carry the advantage. Returns a dict of
-    tensors: the sampler's outputs plus prompts, reward [G, K], correct [G, K], distance [N]."""
-    dev = next(model.parameters()).device
-    pick = torch.randint(len(problems), (n_prompts,), generator=gen, device=dev).tolist()
-    group = [problems[i] for i in pick[dist.rank()::dist.world()]]
-    prompts = encode_prompts([p["question"] for p in group], model.cfg.prompt_len)
-    prompts = prompts.repeat_interleave(k, 0).to(dev)
-    reach = sample_distances(len(group), k, distance, spread)
-    model.eval()
-    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=1.0,
-                   generator=sample_gen or gen, distance=reach if spread else distance)
-    texts = [decode(t) for t in out["tokens"]]
-    correct = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
-                            for i, (t, f) in enumerate(zip(texts, out["finished"]))])
-    tpf = out["n_gen"].float() / out["nfe"].clamp_min(1).float()  # this sample's own TPF
-    reward = correct * (1 + speed_alpha * tpf)
-    return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k),
-                correct=correct.view(len(group), k), distance=reach, texts=texts)
-
-
 def rl_step(model, opt, problems, a, gen, critic=None, ref=None):
     """rollouts -> rewards -> advantages -> trace rows -> update. `ref`: the frozen
     reference of --ref-kl (None = no reference term). Returns a log dict."""
@@ -156,12 +115,6 @@ def rl_step(model, opt, problems, a, gen, critic=None, ref=None):
     log = rl_update(model, opt, ro, a, own, critic, ref)
     log.update(secs=time.time() - t0, prompts=draws * a.n_prompts)
     return log
-
-
-def merge_rollouts(first: dict, second: dict) -> dict:
-    """Two rollout dicts as one: every tensor (and the texts) concatenated along the batch."""
-    return {key: first[key] + second[key] if isinstance(first[key], list) else torch.cat([first[key], second[key]])
-            for key in first}
 
 
 def pick_responses(ro, adv, a, critic=None):
@@ -345,17 +298,6 @@ def frozen(model):
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
-
-
-def parse_spread(text: str):
-    """'4,4,8,0' -> [4, 4, 8, 0]; '' -> None (no spread); one-line error otherwise."""
-    try:
-        spread = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--reach-spread must be comma-separated integers, got {text!r}")
-    if any(d < 0 for d in spread):
-        raise argparse.ArgumentTypeError(f"--reach-spread distances must be >= 0, got {text!r}")
-    return spread or None
 
 
 def add_rl_args(ap):

@@ -23,7 +23,7 @@ pending tokens too); `generate` drops finished rows, so its real work is a littl
 
 Training-side table: tokens/s of one AR pre-training step (train.ar_loss) and one block-SFT
 step (train.sft_loss), forward + backward + AdamW, tokens = positions in the forward; and
-sequences/s of a TraceRL rollout (tracerl.rollout, which decodes with sample.generate;
+sequences/s of a TraceRL rollout (rollouts.rollout, which decodes with sample.generate;
 --rl-fast adds the same decode through fast_sample.generate_fast).
 
 Timing: each path is warmed up by one untimed call at each batch (the compiled one, on
@@ -188,7 +188,7 @@ def row(model, label, path, B, rule, N, secs, out, fwd, tokens_per_fwd, ar_tps, 
 
 def train_rows(model, rows, a, dev, label):
     """Tokens/s of one AR and one block-SFT optimiser step; rollout sequences/s."""
-    import tracerl
+    import rollouts
     from train import ar_loss, sft_loss
     cfg = model.cfg
     P, A = cfg.prompt_len, cfg.answer_len
@@ -223,7 +223,7 @@ def train_rows(model, rows, a, dev, label):
     rl_gen = torch.Generator(device=dev)
     rl_prompts = encode_prompts([r["question"] for r in rows[:a.rl_prompts]], P)
     rl_prompts = rl_prompts.repeat_interleave(a.rl_k, 0).to(dev)
-    fns = [lambda: tracerl.rollout(model, rows, a.rl_prompts, a.rl_k, B, a.threshold, rl_gen.manual_seed(0))]
+    fns = [lambda: rollouts.rollout(model, rows, a.rl_prompts, a.rl_k, B, a.threshold, rl_gen.manual_seed(0))]
     names = ["TraceRL rollout (generate)"]
     if a.compile and a.rl_fast:
         fns.append(lambda: generate_fast(model, rl_prompts, B, "dynamic", a.threshold, temperature=1.0,

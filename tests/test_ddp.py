@@ -68,7 +68,7 @@ def make_rollouts():
 
 
 def shard(ro):
-    """This rank's share, as rollout() deals it: prompt p (all K samples) on rank p % world."""
+    """This rank's share, as rollouts.rollout() deals it: prompt p (all K samples) on rank p % world."""
     groups = list(range(dist.rank(), ro["reward"].shape[0], dist.world()))
     resp = torch.tensor([p * K + j for p in groups for j in range(K)], dtype=torch.long)
     return {k: (v[groups] if k in ("reward", "correct") else v[resp]) for k, v in ro.items()}

@@ -77,8 +77,12 @@ def test_imports_of_sees_imports_inside_functions(tmp_path):
 
 def test_no_first_party_module_imports_one_that_imports_it_back():
     mods = first_party_modules()
-    assert {"curriculum", "eval_math", "schedule", "sample", "fast_sample", "data.task"} <= set(mods)
+    assert {"curriculum", "eval_math", "schedule", "sample", "fast_sample", "rollouts", "tracerl",
+            "data.task"} <= set(mods)
     graph = {m: imports_of(p, mods) - {m} for m, p in mods.items()}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
     # the grading the RL reward uses is the task's, not the evaluation script's
-    assert "eval_math" not in graph["tracerl"] and "data.task" in graph["tracerl"]
+    assert "eval_math" not in graph["rollouts"] and "data.task" in graph["rollouts"]
+    assert "eval_math" not in graph["tracerl"]
+    # rollouts (steps 1-2 of an RL step) sit below the RL update, never above it
+    assert "rollouts" in graph["tracerl"] and "tracerl" not in graph["rollouts"]

@@ -8,11 +8,13 @@ import sys
 import pytest
 import torch
 
+import rollouts
 import tracerl
 from curriculum import grown_spread
 from model import GPT, GPTConfig
 from sample import generate, near_frontier
-from tracerl import group_advantages, parse_spread, reference_penalty, rl_step, run_tracerl, sample_distances
+from rollouts import parse_spread, sample_distances
+from tracerl import group_advantages, reference_penalty, rl_step, run_tracerl
 from train import finite, run_ar, window_for
 from test_tracerl import rl_args
 from test_curriculum import ROOT, one_error_line
@@ -63,9 +65,9 @@ def test_generate_honours_each_rows_distance(tiny_model, prompts):
 
 
 def test_rollout_assigns_the_spread_and_stays_on_policy(monkeypatch, tiny_model, level1_rows):
-    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
-    ro = tracerl.rollout(m, level1_rows, 3, 4, 8, 0.9, torch.Generator().manual_seed(0), spread=[1, 0])
+    ro = rollouts.rollout(m, level1_rows, 3, 4, 8, 0.9, torch.Generator().manual_seed(0), spread=[1, 0])
     assert ro["distance"].tolist() == [1, 0, 1, 0] * 3
     for i in range(0, 12, 2):  # every D = 1 sample committed one token per forward
         f = ro["fwd"][i][ro["fwd"][i] >= 0]
@@ -83,11 +85,11 @@ def test_speed_reward_is_its_formula_on_a_hand_made_rollout(monkeypatch, tiny_mo
     n_gen, nfe = torch.tensor([6, 8, 9]), torch.tensor([3, 2, 9])
     fake = dict(tokens=torch.zeros(3, 4, dtype=torch.long), fwd=torch.zeros(3, 4, dtype=torch.long),
                 logp=torch.zeros(3, 4), n_gen=n_gen, nfe=nfe, finished=torch.ones(3, dtype=torch.bool))
-    monkeypatch.setattr(tracerl, "generate", lambda *a, **kw: fake)
+    monkeypatch.setattr(rollouts, "generate", lambda *a, **kw: fake)
     right = iter([True, False, True])
-    monkeypatch.setattr(tracerl, "is_correct", lambda *a: next(right))
-    ro = tracerl.rollout(tiny_model, level1_rows, 1, 3, 8, 0.9, torch.Generator().manual_seed(0),
-                         speed_alpha=0.25)
+    monkeypatch.setattr(rollouts, "is_correct", lambda *a: next(right))
+    ro = rollouts.rollout(tiny_model, level1_rows, 1, 3, 8, 0.9, torch.Generator().manual_seed(0),
+                          speed_alpha=0.25)
     assert ro["reward"].tolist() == [[1 + 0.25 * 2.0, 0.0, 1 + 0.25 * 1.0]]
     assert ro["correct"].tolist() == [[1.0, 0.0, 1.0]]
 
@@ -121,7 +123,7 @@ def test_reference_kl_starts_at_zero_and_grows_after_a_step(monkeypatch, tiny_mo
     """--ref-kl: the reference is the stage's starting weights, so the first update is
     on-policy (clip 0, KL to π_old 0) with a zero reference term; once the weights have moved
     the reference term is non-zero, and the frozen copy itself never changes."""
-    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
     start = [p.detach().clone() for p in m.parameters()]
     seen = []
@@ -147,7 +149,7 @@ def test_a_blown_up_update_stops_rl_and_sft_in_one_line(monkeypatch, level1_rows
     """lr 1e8 (as a user tried): step 1 is finite, its update leaves finite but huge weights,
     and step 2's rollout meets non-finite logits. It stops there with the step and the flag
     named; an update that overflows the weights themselves stops at once."""
-    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     torch.manual_seed(0)
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, max_seq_len=40, prompt_len=8)
     m = GPT(cfg)  # float32, as trained

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+import rollouts
 import tracerl
 from data.task import encode_prompts, make_splits
 from data.tokenizer import decode
@@ -233,13 +234,13 @@ def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows,
     gave clip 0.012 and KL 0.00126 here."""
     # An untrained model never earns the real reward; grade on answer length parity
     # instead so groups have variance and rows get built.
-    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
     a = rl_args(n_prompts=3, k=4, lr=1e-3, rollout_block_size=rollout_block_size, micro_batch=7,
                 shrink=shrink)
     # the same rollouts rl_step will draw (same generator seed, same weights)
-    ro = tracerl.rollout(m, level1_rows, a.n_prompts, a.k, rollout_block_size, a.threshold,
-                         torch.Generator().manual_seed(0))
+    ro = rollouts.rollout(m, level1_rows, a.n_prompts, a.k, rollout_block_size, a.threshold,
+                          torch.Generator().manual_seed(0))
     adv = group_advantages(ro["reward"])[0].view(-1)
     opt = torch.optim.AdamW(m.parameters(), lr=a.lr)
     before = [p.detach().clone() for p in m.parameters()]
@@ -257,7 +258,7 @@ def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows,
 
 
 def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_rows):
-    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: False)
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: False)
     m = copy.deepcopy(tiny_model)
     a = rl_args(n_prompts=2, k=2)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
@@ -270,9 +271,10 @@ def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_
 def test_dynamic_sampling_draws_until_enough_groups_have_signal(monkeypatch, tiny_model, level1_rows):
     """--min-groups: rl_step keeps drawing --n-prompts prompts until that many groups have
     reward variance (capped by --max-draws), and the update uses every drawn response."""
-    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     calls = []
-    real = tracerl.rollout
+    real = rollouts.rollout
+    # rl_step looks `rollout` up in tracerl's namespace (its `from rollouts import`)
     monkeypatch.setattr(tracerl, "rollout", lambda *args, **kw: calls.append(1) or real(*args, **kw))
     for min_groups, max_draws in ((0, 4), (10 ** 6, 3)):
         calls.clear()
@@ -353,7 +355,7 @@ def test_tracerl_with_inverted_reward_lowers_true_reward(monkeypatch, level1_sft
     m = copy.deepcopy(base)
     with one_thread():
         r0 = expected_reward(m, pool)
-        monkeypatch.setattr(tracerl, "is_correct", lambda *x: not is_correct(*x))
+        monkeypatch.setattr(rollouts, "is_correct", lambda *x: not is_correct(*x))
         _rl(m, pool)
         monkeypatch.undo()
         r1 = expected_reward(m, pool)

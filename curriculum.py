@@ -15,7 +15,8 @@ it was trained from (docs/design.md §8):
   no-RL: the same ladder with block SFT instead of RL, as many updates per stage (norl{B}.pt) ->
   evaluation of every checkpoint at every B (greedy; dynamic θ and static one-token-per-step,
   plus the frontier sweep: dynamic at several θ and ltr) and the Ŝ schedule statistics ->
-  results.json, results.md, the table on stdout, frontier.png, rewards.png (report.py).
+  results.json, results.md, the table on stdout, frontier.png, rewards.png (report.py);
+  wall.json: the seconds spent on the run, summed over every invocation (its wall time).
 
 Reconstructed, not copied: the paper's body is not public to us. Its abstract fixes
 the idea (AR-initialised small-block MDM, TraceRL per block size, progressive growth);
@@ -80,9 +81,10 @@ def parse_stages(text: str, answer_len: int):
 
 
 class Run:
-    """The run directory: checkpoints, their RL histories, the settings it was made with."""
+    """The run directory: checkpoints, their RL histories, the settings it was made with,
+    and wall.json, the seconds spent on it summed over every invocation (`add_time`)."""
 
-    def __init__(self, out, settings, device, defaults=None):
+    def __init__(self, out, settings, device, defaults=None, started=None):
         self.out, self.device = out, device
         defaults = defaults or {}
         settings = json.loads(json.dumps(settings))  # as stored: tuples (--acc-band) become lists
@@ -101,6 +103,14 @@ class Run:
             with open(path + ".tmp", "w") as f:
                 json.dump(settings, f, indent=1)
             os.replace(path + ".tmp", path)
+        # Read before the barrier: rank 0 writes it again only after it (add_time).
+        self.wall_path = os.path.join(out, "wall.json")
+        self.wall = dict(seconds=0.0, invocations=0)
+        if os.path.exists(self.wall_path):
+            with open(self.wall_path) as f:
+                self.wall = json.load(f)
+        self.wall["invocations"] += 1
+        self._clock = started or time.time()
         dist.barrier()
         self.cfg = GPTConfig(**settings["model"])
         self._digests = {}
@@ -142,7 +152,22 @@ class Run:
         if dist.is_main():
             save_checkpoint(self.path(name), model, meta)
             print(f"saved {self.path(name)}", flush=True)
+            self.add_time()  # a killed invocation keeps its time up to its last checkpoint
         dist.barrier()
+
+    def add_time(self):
+        """Add the seconds since the last call (or since this invocation started) to
+        wall.json and return the record {seconds, invocations}. The report's wall time is
+        the whole run's: a resume adds its own seconds instead of replacing the first run's
+        (a resume with nothing left to do used to report 0.0 min)."""
+        now = time.time()
+        self.wall["seconds"] += now - self._clock
+        self._clock = now
+        if dist.is_main():
+            with open(self.wall_path + ".tmp", "w") as f:
+                json.dump(self.wall, f)
+            os.replace(self.wall_path + ".tmp", self.wall_path)
+        return self.wall
 
 
 def reach(a, stages, B):
@@ -303,7 +328,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None):
     t_start = time.time()
     train_rows, test_rows = load_task(task)  # before Run: bad data leaves no run directory
     check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
-    run = Run(out, settings, dev, defaults)
+    run = Run(out, settings, dev, defaults, started=t_start)
     B0 = stages[0]
     # --- supervised stages: the AR-initialised small-block MDM
     if not run.have("ar"):
@@ -349,7 +374,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None):
             ([f"direct{B_last}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
     results = evaluate_all(run, names, stages, test_rows, a, seed)
     if dist.is_main():
-        report(run, names, stages, results, time.time() - t_start, a, seed)
+        report(run, names, stages, results, run.add_time(), a, seed)
         pictures(run, names, stages, results)
     return results
 

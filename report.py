@@ -93,17 +93,19 @@ def aggregate(out, seeds, stages, threshold=0.9):
     print("\n" + text)
 
 
-def report(run, names, stages, results, seconds, a, seed):
+def report(run, names, stages, results, wall, a, seed):
     """results.md, results.json and the table on stdout. The main table shows the main
-    decodes (dynamic at --eval-threshold, static); the frontier table condenses the sweep."""
+    decodes (dynamic at --eval-threshold, static); the frontier table condenses the sweep.
+    `wall`: the run's wall.json record, {seconds, invocations}, summed over its resumes."""
     by_key = {(r["method"], r["decode_block"], r["rule"], r["threshold"]): r for r in results}
     # the main table's cell: static rows carry no θ, dynamic ones the --eval-threshold one
     get = lambda k: by_key[k + ((a.eval_threshold,) if k[2] == "dynamic" else (None,))]
+    runs = f" (summed over {wall['invocations']} invocations)" if wall["invocations"] > 1 else ""
     lines = [f"# T* results: --stages {','.join(map(str, stages))}",
              "",
              f"Greedy decoding of {results[0]['n']} test problems; dynamic θ = {a.eval_threshold}, "
              f"static = one token per step. Cells: accuracy % / tokens per forward. "
-             f"Device {results[0]['device']}, seed {seed}, wall time {seconds / 60:.1f} min. "
+             f"Device {results[0]['device']}, seed {seed}, wall time {wall['seconds'] / 60:.1f} min{runs}. "
              f"Commit distance per B (0 = anywhere in the block): "
              + ", ".join(f"B={B}: {get((names[0], B, 'static')).get('distance', 0)}" for B in stages) + ".",
              "",

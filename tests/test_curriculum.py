@@ -118,6 +118,8 @@ def test_end_to_end_outputs(tiny_run):
     assert "| checkpoint | B=4 dynamic | B=4 static | B=8 dynamic | B=8 static |" in md
     assert "| checkpoint | B=4 TPF≥2 | B=4 TPF≥3 | B=8 TPF≥2 | B=8 TPF≥3 |" in md
     assert "sweep decodes beyond the main table took" in md
+    wall, minutes = _wall(out)  # one invocation so far: its own time, no "summed over"
+    assert wall["invocations"] == 1 and minutes == round(wall["seconds"] / 60, 1) and "(summed over" not in md
     for png in ("frontier.png", "rewards.png"):  # with matplotlib: real pictures (.ci/run has it)
         if importlib.util.find_spec("matplotlib"):
             assert f"picture: {os.path.join(out, png)}" in p.stdout
@@ -195,6 +197,33 @@ def test_without_matplotlib_pictures_are_skipped_in_one_line_each(tiny_run):
         assert f"{png} skipped (no matplotlib: pip install -r requirements-plots.txt)" in lines
     assert not any(l.startswith(("eval ", "picture:")) for l in lines)
     assert "# T* results: --stages 4,8" in p.stdout and "Traceback" not in p.stderr
+
+
+def _wall(out):
+    """(wall.json's record, the minutes results.md reports)."""
+    with open(os.path.join(out, "wall.json")) as f:
+        wall = json.load(f)
+    md = open(os.path.join(out, "results.md")).read()
+    return wall, float(md.split("wall time ")[1].split(" min")[0])
+
+
+def test_a_resume_adds_its_time_to_the_reported_wall_time(tiny_run, tmp_path):
+    """A resume with nothing left to do used to report its own few seconds (0.0 min) over
+    the first run's time; the wall time is now the run's, summed over its invocations."""
+    import shutil
+    out = str(tmp_path / "resumed")
+    shutil.copytree(tiny_run[0], out)
+    before, minutes_before = _wall(out)
+    assert before["seconds"] > 0 and minutes_before == round(before["seconds"] / 60, 1)
+    p = curriculum(*TINY, "--out", out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert not any(l.startswith("eval ") for l in p.stdout.splitlines())  # nothing was redone
+    after, minutes_after = _wall(out)
+    assert after["invocations"] == before["invocations"] + 1
+    assert after["seconds"] > before["seconds"] and minutes_after >= minutes_before
+    assert minutes_after == round(after["seconds"] / 60, 1)  # results.md reports the summed record
+    assert f"wall time {minutes_after:.1f} min (summed over {after['invocations']} invocations)" \
+        in open(os.path.join(out, "results.md")).read()
 
 
 def test_eval_math_sweep_one_checkpoint(tiny_run, tmp_path):

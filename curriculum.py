@@ -14,7 +14,8 @@ it was trained from (docs/design.md §8):
   direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt) ->
   no-RL: the same ladder with block SFT instead of RL, as many updates per stage (norl{B}.pt) ->
   evaluation of every checkpoint at every B (greedy; dynamic θ and static one-token-per-step,
-  plus the frontier sweep: dynamic at several θ and ltr) and the Ŝ schedule statistics ->
+  plus the frontier sweep: dynamic at several θ and ltr) and the Ŝ schedule statistics,
+  cached in eval.json (eval_math.evaluate_all) ->
   results.json, results.md, the table on stdout, frontier.png, rewards.png (report.py);
   wall.json: the seconds spent on the run, summed over every invocation (its wall time).
 
@@ -26,7 +27,8 @@ direct baseline's budget are our choices (README, "What is ours").
 Under torchrun (dist.py) every stage is data parallel: supervised batches and RL prompts
 are split across ranks, rank 0 writes the checkpoints, settings, evaluation cache and
 report, and the others wait at a barrier after each save, so a resume sees the same
-files everywhere. Evaluation jobs (checkpoint x B x rule) are dealt out across ranks.
+files everywhere. Evaluation jobs (checkpoint x B x rule) are dealt out across ranks
+(eval_math.evaluate_all).
 """
 import argparse
 import hashlib
@@ -36,11 +38,9 @@ import sys
 import time
 from dataclasses import asdict
 
-from tqdm import tqdm
-
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
-from eval_math import SWEEP_THRESHOLDS, evaluate, parse_list, sweep_jobs
+from eval_math import SWEEP_THRESHOLDS, evaluate_all, parse_list
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, load_checkpoint,
                    pick_device, save_checkpoint)
@@ -372,67 +372,13 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None):
     # --- evaluation
     names = [sft0] + [f"tstar{B}" for B in stages] + \
             ([f"direct{B_last}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
-    results = evaluate_all(run, names, stages, test_rows, a, seed)
+    # Ŝ statistics and commit distances are handed in: schedule.py imports eval_math, and
+    # reach is the curriculum's rule, so eval_math imports neither
+    results = evaluate_all(run, names, stages, test_rows, a, seed,
+                           distance={B: reach(a, stages, B) for B in stages}, row_stats=schedule_stats)
     if dist.is_main():
         report(run, names, stages, results, run.add_time(), a, seed)
         pictures(run, names, stages, results)
-    return results
-
-
-def eval_jobs(a):
-    """(rule, θ) of the decodes of every checkpoint at every block size: the main table's
-    two (dynamic at --eval-threshold, static) and, unless --sweep-thresholds is empty, the
-    frontier sweep around them (dynamic at every θ, static and ltr)."""
-    # --eval-threshold joins the sweep, so the main table's dynamic row is one of the
-    # sweep's decodes (same cache key), never decoded twice
-    thetas = parse_list(a.sweep_thresholds)
-    if not thetas:
-        return [("dynamic", a.eval_threshold), ("static", None)]
-    return sweep_jobs(thetas + [a.eval_threshold])
-
-
-def evaluate_all(run, names, stages, test_rows, a, seed):
-    """Every checkpoint at every block size, every decode of eval_jobs; cached in eval.json
-    by file mtime so a resumed run only evaluates what changed. Under torchrun each checkpoint's
-    evaluations are dealt out across ranks and gathered (tokens/s then shares the machine)."""
-    cache_path = os.path.join(run.out, "eval.json")
-    cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
-    results = []
-    for name in names:
-        model, meta = run.load(name)
-        # the mtime ties a cached row to this exact file: a rebuilt stage is evaluated again,
-        # the untouched checkpoints are not
-        stamp = os.path.getmtime(run.path(name))
-        # static and ltr ignore θ (t None); their key keeps --eval-threshold as it did
-        # before the sweep existed; the commit distance used at B is part of the key
-        key = lambda B, rule, t: (f"{name}|{B}|{rule}|{a.eval_threshold if t is None else t}|"
-                                  f"{reach(a, stages, B)}")
-        jobs = [(B, rule, t) for B in stages for rule, t in eval_jobs(a)]
-        todo = [(B, rule, t) for B, rule, t in jobs
-                if key(B, rule, t) not in cache or cache[key(B, rule, t)]["stamp"] != stamp]
-        new = {}
-        # decodes of the whole test split print nothing until done: a bar (on a terminal)
-        for B, rule, t in tqdm(todo[dist.rank()::dist.world()], desc=f"eval {name}", unit="decode",
-                               leave=False, disable=None if dist.is_main() else True):
-            r = evaluate(model, test_rows, B, rule, a.eval_threshold if t is None else t, seed=seed,
-                         distance=reach(a, stages, B))
-            row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
-            row.update(schedule_stats(r["out"]["fwd"], B))  # Ŝ from the same traces: no second decode
-            row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
-            new[key(B, rule, t)] = row
-        for part in dist.gather_objects(new):
-            cache.update(part)
-        # one line per decode, printed after the gather: every rank's results, in job order
-        for B, rule, t in todo:
-            row = cache[key(B, rule, t)]
-            how = rule if t is None else f"{rule} θ={t:g}"
-            print(f"eval {name:>9} @ B={B:<3} {how:>14}: acc {100 * row['accuracy']:5.1f}%  "
-                  f"TPF {row['tpf']:.2f}", flush=True)
-        results += [cache[key(B, rule, t)] for B, rule, t in jobs]
-        if dist.is_main():  # after every checkpoint: a run killed mid-evaluation keeps what it did
-            with open(cache_path + ".tmp", "w") as f:
-                json.dump(cache, f)
-            os.replace(cache_path + ".tmp", cache_path)
     return results
 
 

@@ -19,6 +19,12 @@ Decoding is greedy (temperature 0), so a row is a property of the weights and th
 not of a sampling seed. Grading is the task's (data/task.py: the number after the last
 '####', exact match; an answer that never produced <|eos|> is wrong). The Ŝ analysis of
 the traces (order statistics, grids, replay) is schedule.py's, which builds on this file.
+
+`evaluate_all` is curriculum.py's evaluation: every checkpoint of a run at every block
+size, every decode of `eval_jobs` (the main table's and the frontier sweep's), cached in
+the run's eval.json by checkpoint mtime and dealt out across torchrun ranks. The commit
+distance per block and the Ŝ statistics per row come in as arguments from curriculum.py,
+since schedule.py imports this file.
 """
 import argparse
 import json
@@ -30,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import dist
 # Grading is the task's (it defines the '#### N' format)
 from data.task import DataError, check_fit, encode_prompts, is_correct, load_task, read_jsonl, task_tensors
 from data.tokenizer import MASK_ID, decode
@@ -94,6 +101,73 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
                 accuracy=sum(correct) / len(problems), tpf=n_tok / out["nfe"].sum().item(),
                 tokens_per_s=n_tok / secs, seconds=secs, n=len(problems), device=dev.type, seed=seed,
                 texts=texts, correct=correct, out=out)
+
+
+def eval_jobs(a):
+    """(rule, θ) of the decodes of every checkpoint at every block size: the main table's
+    two (dynamic at --eval-threshold, static) and, unless --sweep-thresholds is empty, the
+    frontier sweep around them (dynamic at every θ, static and ltr). `a`: curriculum.py's flags."""
+    # --eval-threshold joins the sweep, so the main table's dynamic row is one of the
+    # sweep's decodes (same cache key), never decoded twice
+    thetas = parse_list(a.sweep_thresholds)
+    if not thetas:
+        return [("dynamic", a.eval_threshold), ("static", None)]
+    return sweep_jobs(thetas + [a.eval_threshold])
+
+
+def cache_key(name, B, rule, t, eval_threshold, distance):
+    """The eval.json key of one decode: checkpoint, block size, rule, θ, commit distance.
+    Static and ltr ignore θ (t None); their key keeps --eval-threshold as it did before
+    the sweep existed. Kept as it is, so the caches of existing run folders still hit."""
+    return f"{name}|{B}|{rule}|{eval_threshold if t is None else t}|{distance}"
+
+
+def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
+    """Every checkpoint of curriculum.py's run at every block size, every decode of
+    eval_jobs; cached in eval.json by file mtime so a resumed run only evaluates what changed.
+    Under torchrun each checkpoint's evaluations are dealt out across ranks and gathered
+    (tokens/s then shares the machine). Returns the rows, checkpoint by checkpoint, in job order.
+
+    run: the run folder (curriculum.Run: .out, .load(name), .path(name)); a: curriculum.py's
+    flags (--eval-threshold, --sweep-thresholds); distance: {B: commit distance at B}
+    (curriculum.reach); row_stats(fwd, B): extra fields of a row from its decode's traces
+    (schedule.schedule_stats, the Ŝ statistics)."""
+    cache_path = os.path.join(run.out, "eval.json")
+    cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
+    results = []
+    for name in names:
+        model, meta = run.load(name)
+        # the mtime ties a cached row to this exact file: a rebuilt stage is evaluated again,
+        # the untouched checkpoints are not
+        stamp = os.path.getmtime(run.path(name))
+        key = lambda B, rule, t: cache_key(name, B, rule, t, a.eval_threshold, distance[B])
+        jobs = [(B, rule, t) for B in stages for rule, t in eval_jobs(a)]
+        todo = [(B, rule, t) for B, rule, t in jobs
+                if key(B, rule, t) not in cache or cache[key(B, rule, t)]["stamp"] != stamp]
+        new = {}
+        # decodes of the whole test split print nothing until done: a bar (on a terminal)
+        for B, rule, t in tqdm(todo[dist.rank()::dist.world()], desc=f"eval {name}", unit="decode",
+                               leave=False, disable=None if dist.is_main() else True):
+            r = evaluate(model, test_rows, B, rule, a.eval_threshold if t is None else t, seed=seed,
+                         distance=distance[B])
+            row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
+            row.update(row_stats(r["out"]["fwd"], B))  # Ŝ from the same traces: no second decode
+            row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
+            new[key(B, rule, t)] = row
+        for part in dist.gather_objects(new):
+            cache.update(part)
+        # one line per decode, printed after the gather: every rank's results, in job order
+        for B, rule, t in todo:
+            row = cache[key(B, rule, t)]
+            how = rule if t is None else f"{rule} θ={t:g}"
+            print(f"eval {name:>9} @ B={B:<3} {how:>14}: acc {100 * row['accuracy']:5.1f}%  "
+                  f"TPF {row['tpf']:.2f}", flush=True)
+        results += [cache[key(B, rule, t)] for B, rule, t in jobs]
+        if dist.is_main():  # after every checkpoint: a run killed mid-evaluation keeps what it did
+            with open(cache_path + ".tmp", "w") as f:
+                json.dump(cache, f)
+            os.replace(cache_path + ".tmp", cache_path)
+    return results
 
 
 @torch.no_grad()

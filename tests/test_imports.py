@@ -84,5 +84,9 @@ def test_no_first_party_module_imports_one_that_imports_it_back():
     # the grading the RL reward uses is the task's, not the evaluation script's
     assert "eval_math" not in graph["rollouts"] and "data.task" in graph["rollouts"]
     assert "eval_math" not in graph["tracerl"]
+    # evaluation sits below the Ŝ analysis and the curriculum that hand it their pieces
+    assert not {"schedule", "curriculum"} & graph["eval_math"]
+    # dist is a leaf: any module may use it (eval_math deals evaluations across ranks)
+    assert graph["dist"] == set() and "dist" in graph["eval_math"]
     # rollouts (steps 1-2 of an RL step) sit below the RL update, never above it
     assert "rollouts" in graph["tracerl"] and "tracerl" not in graph["rollouts"]

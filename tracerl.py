@@ -89,7 +89,11 @@ def reference_penalty(new_lp, ref_lp, weight, beta: float):
     """β · k3 KL of the policy to a frozen reference (--ref-kl), per target token, weighted
     like the policy loss. The KL in policy_loss is to π_old, the weights that sampled: at
     --updates 1 it is exactly 0, so nothing there keeps a stage near where it started.
-    This term does (TraceRL's and most RL recipes' reference model). Returns (loss, mean k3)."""
+    This term does (TraceRL's and most RL recipes' reference model). It is taken on the RL
+    rows, i.e. on states of the rollout block size: at B=16 it pulls toward the reference's
+    B=16 behaviour, which for sft4 is the far over-confidence the stage must leave, and it never
+    sees a B=4 state, so it is no guard of the B=4 skill by itself (docs/experiments.md E25,
+    E26). Returns (loss, mean k3)."""
     kl = k3(new_lp - ref_lp)
     return beta * (weight * kl).sum(), kl.mean() if kl.numel() else kl.new_zeros(())
 

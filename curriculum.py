@@ -43,7 +43,7 @@ from data.task import DataError, add_task_args, check_fit, load_task, task_from_
 from eval_math import SWEEP_THRESHOLDS, evaluate_all, parse_list
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, load_checkpoint,
-                   pick_device, save_checkpoint)
+                   pick_device, save_checkpoint, write_json)
 from tracerl import add_rl_args, run_tracerl
 from report import aggregate, pictures, report
 from train import run_ar, run_sft, window_for
@@ -100,9 +100,7 @@ class Run:
                 raise CheckpointError(f"{out} was made with other settings (stored vs now: {diff}); "
                                       f"use another --out or the same flags")
         elif dist.is_main():  # every rank checked above; only rank 0 writes
-            with open(path + ".tmp", "w") as f:
-                json.dump(settings, f, indent=1)
-            os.replace(path + ".tmp", path)
+            write_json(path, settings, indent=1)
         # Read before the barrier: rank 0 writes it again only after it (add_time).
         self.wall_path = os.path.join(out, "wall.json")
         self.wall = dict(seconds=0.0, invocations=0)
@@ -164,9 +162,7 @@ class Run:
         self.wall["seconds"] += now - self._clock
         self._clock = now
         if dist.is_main():
-            with open(self.wall_path + ".tmp", "w") as f:
-                json.dump(self.wall, f)
-            os.replace(self.wall_path + ".tmp", self.wall_path)
+            write_json(self.wall_path, self.wall)
         return self.wall
 
 

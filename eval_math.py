@@ -40,7 +40,7 @@ import dist
 # Grading is the task's (it defines the '#### N' format)
 from data.task import DataError, check_fit, encode_prompts, is_correct, load_task, read_jsonl, task_tensors
 from data.tokenizer import MASK_ID, decode
-from model import CheckpointError, load_checkpoint, pick_device, training_layout
+from model import CheckpointError, load_checkpoint, pick_device, training_layout, write_json
 from sample import RULES, generate, generate_ar
 import plots
 
@@ -164,9 +164,7 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
                   f"TPF {row['tpf']:.2f}", flush=True)
         results += [cache[key(B, rule, t)] for B, rule, t in jobs]
         if dist.is_main():  # after every checkpoint: a run killed mid-evaluation keeps what it did
-            with open(cache_path + ".tmp", "w") as f:
-                json.dump(cache, f)
-            os.replace(cache_path + ".tmp", cache_path)
+            write_json(cache_path, cache)
     return results
 
 

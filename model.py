@@ -315,9 +315,15 @@ def save_checkpoint(path: str, model: GPT, meta: dict) -> None:
     tmp = path + ".tmp"
     torch.save({"model": model.state_dict(), "meta": meta}, tmp)
     os.replace(tmp, path)
-    with open(tmp + ".json", "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp + ".json", path + ".json")
+    write_json(path + ".json", meta, indent=1)
+
+
+def write_json(path: str, obj, indent=None) -> None:
+    """Atomic JSON write (temp file, then os.replace): checkpoint sidecars and a run folder's
+    settings.json, wall.json and eval.json are never left half-written by a killed run."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(path + ".tmp", path)
 
 
 def load_checkpoint(path: str, device="cpu", expect: GPTConfig = None):

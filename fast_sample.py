@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from data.tokenizer import EOS_ID, MASK_ID
-from model import KVCache, cached_step_layout
-from sample import RULES, near_frontier, outputs, top_k
+from model import cached_step_layout
+from sample import RULES, block_done, decode_state, near_frontier, outputs, top_k
 from sample import main as sample_main
 
 @functools.lru_cache(maxsize=64)
@@ -79,10 +79,7 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, n
     fwd = torch.where(commit, nfe[:, None], fwd)
     logp = torch.where(commit, lp, logp)
     nfe = nfe + need.long()
-    is_eos = blk == EOS_ID
-    first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), Tb)
-    before = torch.arange(Tb, device=blk.device)[None, :] < first_eos[:, None]
-    done = done | (is_eos.any(1) & ~((blk == MASK_ID) & before).any(1))
+    done = done | block_done(blk)
     more = ((blk == MASK_ID).any(1) & ~done).any()  # does any row need another step?
     return (blk, fwd, logp, nfe, done, more,
             torch.stack(keys)[:, :, :, :Tp], torch.stack(values)[:, :, :, :Tp])
@@ -165,12 +162,7 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
     thr = torch.tensor(thr, device=dev)  # a tensor, so a new threshold is not a new graph
     step_fn = compiled_step(dev.type) if compile else _denoise_step
     cudagraphs = compile and dev.type == "cuda"
-    tokens = torch.full((N, A), MASK_ID, dtype=torch.long, device=dev)
-    fwd = torch.full((N, A), -1, dtype=torch.long, device=dev)
-    logp = torch.zeros(N, A, dtype=torch.float32, device=dev)
-    nfe = torch.zeros(N, dtype=torch.long, device=dev)
-    done = torch.zeros(N, dtype=torch.bool, device=dev)
-    cache = KVCache(cfg, N, dev)
+    tokens, fwd, logp, nfe, done, cache = decode_state(cfg, N, dev)
     no_pending = prompts[:, :0]
     # Asking "does any row need another step?" is a host sync. The dynamic rule needs the
     # answer (its step count depends on the confidences); static/ltr know their step

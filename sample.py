@@ -105,6 +105,28 @@ def outputs(tokens, fwd, logp, nfe):
     return {k: v.cpu() for k, v in out.items()}
 
 
+def decode_state(cfg, N: int, dev):
+    """The buffers a block decode fills in, for N rows (`generate` and fast_sample's
+    `generate_fast`): tokens [N, A] (all <|mask|>), fwd [N, A] (-1: not committed yet),
+    logp [N, A] fp32, nfe [N], done [N] (False) and the KV cache."""
+    A = cfg.answer_len
+    return (torch.full((N, A), MASK_ID, dtype=torch.long, device=dev),
+            torch.full((N, A), -1, dtype=torch.long, device=dev),
+            torch.zeros(N, A, dtype=torch.float32, device=dev),
+            torch.zeros(N, dtype=torch.long, device=dev),
+            torch.zeros(N, dtype=torch.bool, device=dev),
+            KVCache(cfg, N, dev))
+
+
+def block_done(blk):
+    """[n] bool: has the row finished in this block [n, Tb]? An eos is committed and
+    nothing before it is still masked (tokens after it may be: they are never decoded)."""
+    is_eos = blk == EOS_ID
+    first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), blk.shape[1])
+    before = torch.arange(blk.shape[1], device=blk.device)[None, :] < first_eos[:, None]
+    return is_eos.any(1) & ~((blk == MASK_ID) & before).any(1)
+
+
 @torch.no_grad()
 def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
              steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
@@ -130,12 +152,7 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     cfg, dev = model.cfg, prompts.device
     N, A = prompts.shape[0], cfg.answer_len
     k_static = math.ceil(block_size / (steps or block_size))
-    tokens = torch.full((N, A), MASK_ID, dtype=torch.long, device=dev)
-    fwd = torch.full((N, A), -1, dtype=torch.long, device=dev)
-    logp = torch.zeros(N, A, dtype=torch.float32, device=dev)
-    nfe = torch.zeros(N, dtype=torch.long, device=dev)
-    done = torch.zeros(N, dtype=torch.bool, device=dev)
-    cache = KVCache(cfg, N, dev)
+    tokens, fwd, logp, nfe, done, cache = decode_state(cfg, N, dev)
     alive = torch.arange(N, device=dev)  # batch indices of the sequences still decoding (in the cache)
     if torch.is_tensor(distance):  # per-row distances follow their rows as rows finish
         distance = distance.to(dev)
@@ -185,11 +202,7 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             fwd[alive, start:end] = torch.where(commit, nfe[alive, None], fwd[alive, start:end])
             logp[alive, start:end] = torch.where(commit, lp, logp[alive, start:end])
             nfe[alive] += need.long()
-            # Done: an eos is committed and nothing before it is still masked.
-            is_eos = blk == EOS_ID
-            first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), blk.shape[1])
-            before = torch.arange(blk.shape[1], device=dev)[None, :] < first_eos[:, None]
-            done[alive] |= is_eos.any(1) & ~((blk == MASK_ID) & before).any(1)
+            done[alive] |= block_done(blk)
         tokens[alive, start:end] = blk
         keep = ~done[alive]
         if not keep.any():

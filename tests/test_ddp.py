@@ -1,6 +1,7 @@
 """DDP equals one process: two gloo ranks on CPU against a single process on the same
-global batch, for AR and block-SFT steps and for one TraceRL update on fixed rollouts
-(with and without the value model).
+global batch, for AR and block-SFT steps, for one TraceRL update on fixed rollouts
+(with and without the value model), and for eval_math.evaluate_all, whose decodes are
+dealt out across the ranks and gathered.
 
     python -m pytest -q tests/test_ddp.py
     python tests/test_ddp.py OUT      # the worker; the test starts two with torchrun's env
@@ -9,6 +10,7 @@ The worker runs under RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, the environment t
 sets, so it goes through dist.init exactly as `torchrun --nproc_per_node 2` would.
 """
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -22,6 +24,7 @@ sys.path.insert(0, ROOT)
 
 import dist  # noqa: E402
 from data.task import encode_prompts, make_splits, task_tensors  # noqa: E402
+from eval_math import evaluate_all  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from sample import generate  # noqa: E402
 from tracerl import add_rl_args, rl_update  # noqa: E402
@@ -90,10 +93,41 @@ def rl(ro, value):
     return out, log
 
 
-def run_all(ro):
+class FakeRun:
+    """What evaluate_all reads of curriculum.Run (.out, .path, .load): two checkpoints,
+    fresh tiny models of different seeds, whose files exist only for their mtimes."""
+    names = ("m0", "m1")
+
+    def __init__(self, out):
+        self.out = out
+        os.makedirs(out, exist_ok=True)
+        for name in self.names:
+            open(self.path(name), "w").close()
+
+    def path(self, name):
+        return os.path.join(self.out, name + ".pt")
+
+    def load(self, name):
+        torch.manual_seed(self.names.index(name))
+        return GPT(CFG), {"block_size": 4}
+
+
+def evaluations(out):
+    """evaluate_all over both checkpoints at B = 4 and 8 (dynamic at two θ, static, ltr:
+    8 decodes per checkpoint, 4 per rank under two) -> its rows, without the clock's
+    fields (tokens/s differ between runs) and the file mtime."""
+    a = argparse.Namespace(eval_threshold=0.9, sweep_thresholds="0.5")
+    rows = evaluate_all(FakeRun(out), FakeRun.names, [4, 8], make_splits(1, 0, 6, 0)[1], a, 0,
+                        distance={4: 0, 8: 0},
+                        row_stats=lambda fwd, B: {"last_forward": int(fwd.max())})
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "seconds", "stamp")} for r in rows]
+
+
+def run_all(ro, out):
     results = {"ar": supervised("ar"), "sft": supervised("sft")}
     results["rl"], results["rl_log"] = rl(ro, False)
     results["rl_value"], results["rl_value_log"] = rl(ro, True)
+    results["eval"] = evaluations(os.path.join(out, "eval_run"))
     return results
 
 
@@ -119,7 +153,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # the reference, meanwhile, in this process: same thread count
     try:
-        want = run_all(ro)
+        want = run_all(ro, str(tmp_path / "single"))
     finally:
         torch.set_num_threads(n)
     for p in procs:
@@ -144,6 +178,12 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
             if k in want[log]:
                 assert got[log][k] == pytest.approx(want[log][k], rel=1e-5, abs=1e-7), (log, k)
     assert want["rl_log"]["n_resp"] == 8 and want["rl_value_log"]["n_resp"] == 12
+    # the evaluation: every decode done once, gathered back in job order, on both sides;
+    # rank 0's eval.json holds all 16 (each rank decoded half of them)
+    assert len(want["eval"]) == 16 and got["eval"] == want["eval"]
+    assert len({(r["method"], r["decode_block"], r["rule"], r["threshold"]) for r in want["eval"]}) == 16
+    with open(tmp_path / "ddp" / "eval_run" / "eval.json") as f:
+        assert len(json.load(f)) == 16
 
 
 if __name__ == "__main__":  # a worker: rank RANK of WORLD_SIZE
@@ -151,7 +191,7 @@ if __name__ == "__main__":  # a worker: rank RANK of WORLD_SIZE
     out = sys.argv[1]
     dist.init("cpu")
     assert dist.world() == 2
-    results = run_all(torch.load(os.path.join(out, "rollouts.pt")))
+    results = run_all(torch.load(os.path.join(out, "rollouts.pt")), os.path.join(out, "ddp"))
     if dist.is_main():
         torch.save(results, os.path.join(out, "ddp.pt"))
     dist.barrier()

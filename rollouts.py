@@ -5,7 +5,7 @@
                  gen=torch.Generator().manual_seed(0))    # what tracerl.rl_step draws
     python bench/bench_decode.py --device cpu             # times it ("TraceRL rollout")
 
-A rollout picks P prompts, samples K responses to each at temperature 1 with dynamic
+A rollout picks P prompts, samples K responses to each at temperature 1 (--temperature) with dynamic
 decoding at the rollout block size (sample.generate, which records the trace: the forward
 that committed every token, and its log-prob), and grades them with the task's own
 grading (data.task.is_correct): reward 1 if the answer is right, else 0 (no eos = 0).
@@ -38,6 +38,18 @@ def parse_spread(text: str):
     return spread or None
 
 
+def positive_temperature(text: str) -> float:
+    """--temperature: a float > 0 (0 would be greedy: no two samples of a group differ, and
+    the tempered log-probs divide by it); one-line error otherwise."""
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--temperature must be a number, got {text!r}") from None
+    if not t > 0:
+        raise argparse.ArgumentTypeError(f"--temperature must be > 0, got {text!r}")
+    return t
+
+
 def sample_distances(n_groups: int, k: int, distance: int = 0, spread=None):
     """Commit distance of every rollout sample [n_groups * k]: with a spread (--reach-spread,
     ours), sample j of each group decodes with spread[j % len(spread)], so within one prompt
@@ -49,7 +61,7 @@ def sample_distances(n_groups: int, k: int, distance: int = 0, spread=None):
 
 @torch.no_grad()
 def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0,
-            spread=None, speed_alpha: float = 0.0):
+            spread=None, speed_alpha: float = 0.0, temperature: float = 1.0):
     """Pick P prompts from `problems` with the shared `gen` (every rank picks the same
     ones), sample K responses for this rank's share with `sample_gen` (default: gen), grade
     them. DDP: the P prompts are split across ranks, prompt p on rank p % world, each with
@@ -58,7 +70,9 @@ def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_ge
 
     The reward is 1 for a right answer, 0 otherwise; with speed_alpha > 0 a right answer
     earns 1 + speed_alpha * TPF of its own decode (ours, after DiRL's and LightningRL's speed
-    rewards), so among right answers the faster ones carry the advantage. Returns a dict of
+    rewards), so among right answers the faster ones carry the advantage. temperature
+    (--temperature) tempers the sampling distribution, whose log-probs the sampler records
+    and the update recomputes (traces.row_logprobs at the same temperature). Returns a dict of
     tensors: the sampler's outputs plus prompts, reward [G, K], correct [G, K], distance [N]."""
     dev = next(model.parameters()).device
     pick = torch.randint(len(problems), (n_prompts,), generator=gen, device=dev).tolist()
@@ -67,7 +81,7 @@ def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_ge
     prompts = prompts.repeat_interleave(k, 0).to(dev)
     reach = sample_distances(len(group), k, distance, spread)
     model.eval()
-    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=1.0,
+    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=temperature,
                    generator=sample_gen or gen, distance=reach if spread else distance)
     texts = [decode(t) for t in out["tokens"]]
     correct = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))

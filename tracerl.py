@@ -6,8 +6,9 @@
 
 One RL step reads top to bottom as: rollouts -> rewards -> advantages -> trace rows -> update
 (steps 1-2 are rollouts.py's, 4 is traces.py's; this file is the RL maths and the loop).
-  1. rollouts: P prompts x K samples at temperature 1, dynamic decoding at the rollout
-     block size, with the trace (the forward that committed every token) and log-probs recorded;
+  1. rollouts: P prompts x K samples at temperature 1 (--temperature: then the policy is
+     the tempered one throughout), dynamic decoding at the rollout block size, with the
+     trace (the forward that committed every token) and log-probs recorded;
   2. reward: 1 if the graded answer is right, else 0 (no eos = 0);
   3. advantage: z-score within each prompt's K samples (population std, 0 when std = 0);
      groups whose accuracy is outside --acc-band are dropped for the step;
@@ -44,7 +45,7 @@ import torch
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
-from rollouts import merge_rollouts, parse_spread, rollout  # steps 1-2: rollouts and rewards
+from rollouts import merge_rollouts, parse_spread, positive_temperature, rollout  # steps 1-2: rollouts and rewards
 from train import blew_up, finite
 from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss
@@ -106,7 +107,7 @@ def rl_step(model, opt, problems, a, gen, critic=None, ref=None):
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
     draw = lambda: rollout(model, problems, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
-                           a.commit_distance, a.reach_spread, a.speed_alpha)
+                           a.commit_distance, a.reach_spread, a.speed_alpha, a.temperature)
     ro, draws = draw(), 1
     # Dynamic sampling (DAPO's): a group whose K samples all agree has no advantage, and with
     # bimodal per-prompt accuracy most groups do, so a step may learn from ~5 prompts. Draw
@@ -176,13 +177,13 @@ def rl_update(model, opt, ro, a, gen, critic=None, ref=None):
                 # layout differs, and with shrinkage a merged round masks tokens that were
                 # already committed when its later targets were sampled. π_old is then the
                 # same weights in the rows' own states, which keeps the first update on-policy.
-                rows.old = over_rows(row_logprobs, model, rows, a)
+                rows.old = over_rows(row_logprobs, model, rows, a, temperature=a.temperature)
             if critic is not None:  # V_old of every target's state; A_t = R − V_old
                 critic.model.eval()
                 v_old = over_rows(row_values, critic.model, rows, a)
                 ret, rows.adv = rows.adv, token_advantages(rows.adv, v_old)
             if ref is not None:  # the frozen reference's log-prob of every target, in its row's state
-                rows.ref = over_rows(row_logprobs, ref, rows, a)
+                rows.ref = over_rows(row_logprobs, ref, rows, a, temperature=a.temperature)
     tot = optimise(model, opt, rows, a, gen, dev, critic, v_old, ret)
     tot = dist.all_reduce_sum(tot)
     # clip and the KLs are per target token (over every rank's tokens)
@@ -194,10 +195,10 @@ def rl_update(model, opt, ro, a, gen, critic=None, ref=None):
     return log
 
 
-def over_rows(fn, net, rows: TraceRows, a):
+def over_rows(fn, net, rows: TraceRows, a, **kw):
     """fn (row_logprobs or row_values) of net on every row, micro-batch by micro-batch:
-    one value per target token, flat in row-major order."""
-    return torch.cat([fn(net, *rows.layout(slice(j, j + a.micro_batch)), a.block_size)
+    one value per target token, flat in row-major order. kw: fn's extra arguments."""
+    return torch.cat([fn(net, *rows.layout(slice(j, j + a.micro_batch)), a.block_size, **kw)
                       for j in range(0, len(rows), a.micro_batch)])
 
 
@@ -227,7 +228,7 @@ def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
             # of the rows: scaling by `updates` gives every optimiser step a full-size loss,
             # the gradient scale of --updates 1.
             w = rows.weight[tok] * a.updates
-            new = row_logprobs(model, *layout, a.block_size)
+            new = row_logprobs(model, *layout, a.block_size, a.temperature)
             loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, a.clip_eps, a.kl_beta)
             ref_kl = torch.zeros(())
             if rows.ref is not None:
@@ -310,6 +311,9 @@ def add_rl_args(ap):
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
     ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (higher ones cost B=4 accuracy: docs/experiments.md E4, E6)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
+    ap.add_argument("--temperature", type=positive_temperature, default=1.0,
+                    help="rollout sampling temperature; the update's log-probs are of the same tempered "
+                         "policy, so π_old = the sampler's (IGPO and DiffuCoder sample at 1.2)")
     ap.add_argument("--commit-distance", type=int, default=0,
                     help="rollouts commit only masks fewer than D places right of the block's leftmost "
                          "mask (0 = anywhere; sample.near_frontier)")

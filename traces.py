@@ -40,15 +40,17 @@ def trace_rows(fwd: torch.Tensor, block_size: int, shrink: int = 1):
     return [(ranks >= r, ranks == r) for r in range(n_rounds)]
 
 
-def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int):
-    """fp32 log-probs of the target tokens of a batch of rows in the training layout.
+def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int, temperature: float = 1.0):
+    """fp32 log-probs of the target tokens of a batch of rows in the training layout, under
+    the policy tempered by `temperature` (the rollouts' --temperature: the distribution the
+    sampler drew from, so π_old equals the sampler's recorded log-probs).
     prompts [R, P], clean [R, A] (final response), noisy_mask/target [R, A] bool.
     Returns a flat [T] tensor in row-major order of target positions."""
     P, A = prompts.shape[1], clean.shape[1]
     pos, mask = training_layout(P, A, block_size, 0, str(clean.device))
     idx = torch.cat([prompts, clean, clean.masked_fill(noisy_mask, MASK_ID)], 1)
     logits, _ = model(idx, pos=pos, mask=mask)
-    lp = F.log_softmax(logits[:, P + A:].float(), dim=-1).gather(-1, clean[..., None]).squeeze(-1)
+    lp = F.log_softmax(logits[:, P + A:].float() / temperature, dim=-1).gather(-1, clean[..., None]).squeeze(-1)
     return lp[target]
 
 

@@ -203,10 +203,25 @@ def test_curriculum_runs_with_every_option(tmp_path):
     reference term is logged, and the run finishes with its table."""
     from test_curriculum import TINY, curriculum
     p = curriculum(*TINY, "--grow-spread", "--ref-kl", "0.05", "--ref-to", "base", "--speed-alpha", "0.1",
-                   "--sweep-thresholds", "", "--out", str(tmp_path / "opt"))
+                   "--temperature", "1.3", "--sweep-thresholds", "", "--out", str(tmp_path / "opt"))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "tstar8: rollout commit distances per group [4, 0] (0 = anywhere)" in p.stdout
     assert "direct8: rollout commit distances per group [4, 0] (0 = anywhere)" in p.stdout
     assert "tstar4: rollout commit distances" not in p.stdout  # the first block: anywhere, no spread
     assert all("| ref-kl " in line for line in p.stdout.splitlines() if line.startswith("tstar8 step"))
     assert (tmp_path / "opt" / "results.md").exists()
+
+
+def test_temperature_flag_takes_positive_numbers_only(tmp_path):
+    """--temperature 0 would be greedy (no variance in a group) and divides the tempered
+    log-probs by zero: argparse refuses it, before any run folder exists."""
+    from rollouts import positive_temperature
+    assert positive_temperature("1.2") == 1.2
+    for bad in ("0", "-1", "warm", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_temperature(bad)
+    p = subprocess.run([sys.executable, "curriculum.py", "--temperature", "0", "--out", str(tmp_path / "t")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].endswith("--temperature must be > 0, got '0'")
+    assert not (tmp_path / "t").exists()

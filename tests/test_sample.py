@@ -54,9 +54,13 @@ def test_same_seed_same_samples(tiny_model, prompts):
     assert not torch.equal(a["tokens"], c["tokens"])
 
 
-@pytest.mark.parametrize("block_size,temperature", [(4, 1.0), (8, 1.0), (16, 0.0)])
+@pytest.mark.parametrize("block_size,temperature", [(4, 1.0), (8, 1.0), (16, 0.0), (8, 1.3)])
 def test_recorded_logprobs_equal_training_layout(tiny_model, prompts, block_size, temperature):
+    """The sampler records log-probs of the distribution it drew from: tempered at T > 0
+    (tracerl --temperature), plain softmax when greedy; the training-layout recomputation at
+    that temperature equals them."""
     g = torch.Generator().manual_seed(0)
+    T = temperature or 1.0  # greedy records the untempered log-probs
     out = generate(tiny_model, prompts, block_size, "dynamic", 0.3, temperature=temperature, generator=g)
     n_checked = 0
     for i in range(prompts.shape[0]):
@@ -67,8 +71,12 @@ def test_recorded_logprobs_equal_training_layout(tiny_model, prompts, block_size
         assert (hits[dec] == 1).all() and (hits[~dec] == 0).all()
         for r, (noisy, tgt) in enumerate(rows):
             lp = row_logprobs(tiny_model, prompts[i:i + 1], out["tokens"][i:i + 1], noisy[None], tgt[None],
-                              block_size)
+                              block_size, T)
             assert torch.allclose(lp, out["logp"][i][tgt], atol=1e-5)
+            if T != 1.0 and int(tgt.sum()):  # the untempered policy is another distribution
+                plain = row_logprobs(tiny_model, prompts[i:i + 1], out["tokens"][i:i + 1], noisy[None],
+                                     tgt[None], block_size)
+                assert not torch.allclose(plain, out["logp"][i][tgt], atol=1e-5)
             n_checked += int(tgt.sum())
             if block_size == 8 and int(tgt.sum()) and r == 0:
                 # the check can fail: the training layout at another block size differs

@@ -225,22 +225,25 @@ def rl_args(**kw):
     return a
 
 
-@pytest.mark.parametrize("rollout_block_size,shrink", [(8, 1), (4, 1), (8, 2)])
-def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows, rollout_block_size, shrink):
+@pytest.mark.parametrize("rollout_block_size,shrink,temperature", [(8, 1, 1.0), (4, 1, 1.0), (8, 2, 1.0),
+                                                                   (8, 1, 1.3), (4, 1, 1.3)])
+def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows, rollout_block_size, shrink,
+                                           temperature):
     """π_old matches the training-layout recomputation, so the first (single) update sees
     ρ = 1: no clipping and zero KL. With rollouts at another block size (the warm-up), or
     with shrinkage (a merged round masks tokens the sampler saw committed), this only holds
     because π_old is recomputed in the training layout: with the recorded log-probs, shrink 2
-    gave clip 0.012 and KL 0.00126 here."""
+    gave clip 0.012 and KL 0.00126 here. At --temperature 1.3 the update's log-probs are the
+    tempered policy's, as the sampler's are."""
     # An untrained model never earns the real reward; grade on answer length parity
     # instead so groups have variance and rows get built.
     monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
     a = rl_args(n_prompts=3, k=4, lr=1e-3, rollout_block_size=rollout_block_size, micro_batch=7,
-                shrink=shrink)
+                shrink=shrink, temperature=temperature)
     # the same rollouts rl_step will draw (same generator seed, same weights)
     ro = rollouts.rollout(m, level1_rows, a.n_prompts, a.k, rollout_block_size, a.threshold,
-                          torch.Generator().manual_seed(0))
+                          torch.Generator().manual_seed(0), temperature=temperature)
     adv = group_advantages(ro["reward"])[0].view(-1)
     opt = torch.optim.AdamW(m.parameters(), lr=a.lr)
     before = [p.detach().clone() for p in m.parameters()]

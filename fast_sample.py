@@ -18,11 +18,10 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
 
 from data.tokenizer import EOS_ID, MASK_ID
 from model import cached_step_layout
-from sample import RULES, block_done, decode_state, near_frontier, outputs, top_k
+from sample import RULES, block_done, decode_state, near_frontier, outputs, policy_logprobs, top_k
 from sample import main as sample_main
 
 @functools.lru_cache(maxsize=64)
@@ -67,12 +66,8 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, n
     logits = model.head(x)[:, Tp:].float()
     masked = blk == MASK_ID
     need = masked.any(1) & ~done
-    if temperature > 0:
-        lp_all = F.log_softmax(logits / temperature, dim=-1)
-        tok = (lp_all.exp() / q).argmax(-1)
-    else:
-        lp_all = F.log_softmax(logits, dim=-1)
-        tok = lp_all.argmax(-1)
+    lp_all = policy_logprobs(logits, temperature)
+    tok = (lp_all.exp() / q).argmax(-1) if temperature > 0 else lp_all.argmax(-1)
     lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
     commit = _commit(lp.exp(), near_frontier(masked, distance), need, threshold, k, by_index)
     blk = torch.where(commit, tok, blk)

@@ -47,6 +47,13 @@ from model import CheckpointError, KVCache, load_checkpoint, pick_device
 RULES = ("dynamic", "static", "ltr", "schedule")
 
 
+def policy_logprobs(logits, temperature: float):
+    """fp32 log-probs over the vocabulary of the policy at `temperature`: the distribution a
+    sampler draws from and records (greedy, temperature 0, records the plain softmax), and the
+    one traces.row_logprobs recomputes for TraceRL, so π_old equals the recomputation."""
+    return F.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
+
+
 def top_k(score, cand, k: int):
     """Bool [n, Tb]: the k highest-scoring candidates of each row (fewer if it has fewer)."""
     top = score.masked_fill(~cand, -math.inf).topk(min(k, cand.shape[1]), dim=1).indices
@@ -172,12 +179,11 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             if (torch.isnan(logits) | torch.isposinf(logits)).any():
                 raise FloatingPointError("the model's logits are not finite")
             pending = pending[:, :0]
+            lp_all = policy_logprobs(logits, temperature)
             if temperature > 0:
-                lp_all = F.log_softmax(logits / temperature, dim=-1)
                 tok = torch.multinomial(lp_all.exp().view(-1, lp_all.shape[-1]), 1,
                                         generator=generator).view(blk.shape)
             else:
-                lp_all = F.log_softmax(logits, dim=-1)
                 tok = lp_all.argmax(-1)
             lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
             # The commit rule. cand: the masked positions it may commit (all of them, or
@@ -230,8 +236,7 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
     cache = KVCache(cfg, N, dev)
     logits = model.decode_ar(cache, prompts)[:, -1]
     for i in range(A):
-        logits = logits.float()
-        lp_all = F.log_softmax(logits / (temperature or 1.0), dim=-1)
+        lp_all = policy_logprobs(logits, temperature)
         tok = (torch.multinomial(lp_all.exp(), 1, generator=generator).squeeze(1)
                if temperature > 0 else lp_all.argmax(-1))
         tok = tok.masked_fill(done, EOS_ID)

@@ -45,7 +45,8 @@ import torch
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
-from rollouts import merge_rollouts, parse_spread, positive_temperature, rollout  # steps 1-2: rollouts and rewards
+from rollouts import (merge_rollouts, parse_spread, positive_temperature,  # steps 1-2: rollouts, rewards
+                      rollout)
 from train import blew_up, finite
 from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss

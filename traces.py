@@ -14,11 +14,10 @@ and runs the update on them; the value model (value.py) reads the same rows.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from data.tokenizer import MASK_ID
 from model import training_layout
-from sample import commit_ranks
+from sample import commit_ranks, policy_logprobs
 
 
 def round_ranks(fwd: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
@@ -50,7 +49,7 @@ def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int, tem
     pos, mask = training_layout(P, A, block_size, 0, str(clean.device))
     idx = torch.cat([prompts, clean, clean.masked_fill(noisy_mask, MASK_ID)], 1)
     logits, _ = model(idx, pos=pos, mask=mask)
-    lp = F.log_softmax(logits[:, P + A:].float() / temperature, dim=-1).gather(-1, clean[..., None]).squeeze(-1)
+    lp = policy_logprobs(logits[:, P + A:], temperature).gather(-1, clean[..., None]).squeeze(-1)
     return lp[target]
 
 

@@ -44,7 +44,7 @@ from eval_math import SWEEP_THRESHOLDS, evaluate_all, parse_list
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, load_checkpoint,
                    pick_device, save_checkpoint, write_json)
-from tracerl import add_rl_args, run_tracerl
+from tracerl import add_rl_args, check_rl_args, run_tracerl
 from report import aggregate, pictures, report
 from train import run_ar, run_sft, window_for
 
@@ -282,6 +282,7 @@ def main():
         cfg = config_from_args(a)
         seeds = parse_seeds(a.seeds) if a.seeds else None
         parse_list(a.sweep_thresholds)
+        check_rl_args(a)
         if a.n_prompts < dist.world():
             raise ValueError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
     except ValueError as e:

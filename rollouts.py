@@ -13,8 +13,8 @@ tracerl.py turns these dicts into advantages, trace rows (traces.py) and an upda
 
 Simplified from the paper: a binary reward, no reward model. Ours, off by default
 (docs/experiments.md, round 3): `--reach-spread` (a group's samples decode with different
-commit distances, sample_distances) and `--speed-alpha` (a right answer earns 1 + α·TPF of
-its own decode). Under torchrun each rank samples its own share of the prompts, whole
+commit distances, sample_distances), `--threshold-spread` (and with different θ) and
+`--speed-alpha` (a right answer earns 1 + α·TPF of its own decode). Under torchrun each rank samples its own share of the prompts, whole
 groups only, so no reward ever needs gathering (dist.py).
 """
 import argparse
@@ -38,6 +38,18 @@ def parse_spread(text: str):
     return spread or None
 
 
+def parse_thresholds(text: str):
+    """--threshold-spread: '0.7,0.99' -> [0.7, 0.99]; '' -> None (no spread); each θ in
+    (0, 1] (θ > 1 would never commit above it: every forward would fall back to one token)."""
+    try:
+        spread = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threshold-spread must be comma-separated numbers, got {text!r}")
+    if not all(0 < t <= 1 for t in spread):
+        raise argparse.ArgumentTypeError(f"--threshold-spread values must be in (0, 1], got {text!r}")
+    return spread or None
+
+
 def positive_temperature(text: str) -> float:
     """--temperature: a float > 0 (0 would be greedy: no two samples of a group differ, and
     the tempered log-probs divide by it); one-line error otherwise."""
@@ -50,18 +62,25 @@ def positive_temperature(text: str) -> float:
     return t
 
 
+def per_sample(n_groups: int, k: int, value, spread=None, dtype=torch.long):
+    """One setting for every rollout sample [n_groups * k]: with a spread (--reach-spread,
+    --threshold-spread; ours), sample j of each group uses spread[j % len(spread)], so within
+    one prompt some samples may commit far from the frontier (or at a low θ) and some stay
+    near it (or cautious), and the group's advantage says which was right; without one,
+    every sample uses `value`. Two spreads cycle independently: with lengths 8 and 4 sample j
+    has distance spread[j] and θ spread[j % 4]."""
+    each = [spread[j % len(spread)] for j in range(k)] if spread else [value] * k
+    return torch.tensor(each, dtype=dtype).repeat(n_groups)
+
+
 def sample_distances(n_groups: int, k: int, distance: int = 0, spread=None):
-    """Commit distance of every rollout sample [n_groups * k]: with a spread (--reach-spread,
-    ours), sample j of each group decodes with spread[j % len(spread)], so within one prompt
-    some samples may commit far from the frontier and some stay near it, and the group's
-    advantage says which was right; without one, every sample uses `distance`."""
-    per_sample = [spread[j % len(spread)] for j in range(k)] if spread else [distance] * k
-    return torch.tensor(per_sample, dtype=torch.long).repeat(n_groups)
+    """Commit distance of every rollout sample [n_groups * k] (per_sample)."""
+    return per_sample(n_groups, k, distance, spread)
 
 
 @torch.no_grad()
 def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0,
-            spread=None, speed_alpha: float = 0.0, temperature: float = 1.0):
+            spread=None, speed_alpha: float = 0.0, temperature: float = 1.0, threshold_spread=None):
     """Pick P prompts from `problems` with the shared `gen` (every rank picks the same
     ones), sample K responses for this rank's share with `sample_gen` (default: gen), grade
     them. DDP: the P prompts are split across ranks, prompt p on rank p % world, each with
@@ -73,23 +92,25 @@ def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_ge
     rewards), so among right answers the faster ones carry the advantage. temperature
     (--temperature) tempers the sampling distribution, whose log-probs the sampler records
     and the update recomputes (traces.row_logprobs at the same temperature). Returns a dict of
-    tensors: the sampler's outputs plus prompts, reward [G, K], correct [G, K], distance [N]."""
+    tensors: the sampler's outputs plus prompts, reward [G, K], correct [G, K], distance [N],
+    threshold [N] (each sample's θ: `threshold`, or its entry of threshold_spread)."""
     dev = next(model.parameters()).device
     pick = torch.randint(len(problems), (n_prompts,), generator=gen, device=dev).tolist()
     group = [problems[i] for i in pick[dist.rank()::dist.world()]]
     prompts = encode_prompts([p["question"] for p in group], model.cfg.prompt_len)
     prompts = prompts.repeat_interleave(k, 0).to(dev)
     reach = sample_distances(len(group), k, distance, spread)
+    theta = per_sample(len(group), k, threshold, threshold_spread, torch.float32)
     model.eval()
-    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=temperature,
-                   generator=sample_gen or gen, distance=reach if spread else distance)
+    out = generate(model, prompts, block_size, "dynamic", theta if threshold_spread else threshold,
+                   temperature=temperature, generator=sample_gen or gen, distance=reach if spread else distance)
     texts = [decode(t) for t in out["tokens"]]
     correct = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
                             for i, (t, f) in enumerate(zip(texts, out["finished"]))])
     tpf = out["n_gen"].float() / out["nfe"].clamp_min(1).float()  # this sample's own TPF
     reward = correct * (1 + speed_alpha * tpf)
     return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k),
-                correct=correct.view(len(group), k), distance=reach, texts=texts)
+                correct=correct.view(len(group), k), distance=reach, threshold=theta, texts=texts)
 
 
 def merge_rollouts(first: dict, second: dict) -> dict:

@@ -142,7 +142,8 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
 
     distance > 0 limits commits to masks fewer than `distance` places right of the block's
     leftmost mask (`near_frontier`); 0 = anywhere in the block. A [N] tensor gives every
-    prompt row its own distance.
+    prompt row its own distance; a [N] tensor `threshold` gives every row its own θ
+    (the rollout spreads of rollouts.py).
 
     rule "schedule" replays a fixed schedule Ŝ (schedule.py): a list whose j-th entry holds
     the in-block positions to commit at a block's j-th step, whatever the confidences.
@@ -163,6 +164,8 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     alive = torch.arange(N, device=dev)  # batch indices of the sequences still decoding (in the cache)
     if torch.is_tensor(distance):  # per-row distances follow their rows as rows finish
         distance = distance.to(dev)
+    if torch.is_tensor(threshold):  # and so do per-row thresholds
+        threshold = threshold.to(dev)
     pending, pending_bid = prompts, -1
     for b, start in enumerate(range(0, A, block_size)):
         end = min(start + block_size, A)
@@ -189,9 +192,10 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             # The commit rule. cand: the masked positions it may commit (all of them, or
             # those within the commit distance); conf: each sampled token's probability.
             reach = distance[alive] if torch.is_tensor(distance) else distance
+            theta = threshold[alive, None] if torch.is_tensor(threshold) else threshold
             cand, conf = near_frontier(masked, reach), lp.exp()
             if rule == "dynamic":  # everything above θ, else the single most confident one
-                commit = cand & (conf >= threshold)
+                commit = cand & (conf >= theta)
                 commit |= top_k(conf, cand, 1) & ~commit.any(1, keepdim=True)
             elif rule == "static":  # the k most confident
                 commit = top_k(conf, cand, k_static)

@@ -28,9 +28,11 @@ is group-normalised policy gradient; --updates > 1 takes several steps on the sa
 where ρ moves away from 1 and the clip and KL start to act. Simplified from the paper: no
 value model by default (`--value-model` adds the diffusion value model of value.py:
 A_t = R − V(s_t)), binary reward by default, no reference model by default. Ours, off by
-default (docs/experiments.md, round 3): `--reach-spread` (a group's samples decode with
-different commit distances), `--speed-alpha` (a right answer earns 1 + α·TPF) and `--ref-kl`
-(a k3 KL to the frozen weights the stage started from). Under torchrun the P prompts are split across ranks (each prompt's K samples
+default (docs/experiments.md, round 3): `--reach-spread` and `--threshold-spread` (a group's
+samples decode with different commit distances, or θs), `--speed-alpha` (a right answer earns
+1 + α·TPF), `--tpf-advantage` (z(reward) + z(TPF) inside a group, after LightningRL, without
+its NLL term or batch-level renormalisation) and `--ref-kl` (a k3 KL to the frozen weights
+the stage started from). Under torchrun the P prompts are split across ranks (each prompt's K samples
 on one rank), the loss is normalised by global counts and gradients are summed (dist.py).
 """
 import argparse
@@ -45,8 +47,8 @@ import torch
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
-from rollouts import (merge_rollouts, parse_spread, positive_temperature,  # steps 1-2: rollouts, rewards
-                      rollout)
+from rollouts import (merge_rollouts, parse_spread, parse_thresholds,  # steps 1-2: rollouts, rewards
+                      positive_temperature, rollout)
 from train import blew_up, finite
 from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss
@@ -54,17 +56,35 @@ from value import Critic, row_values, token_advantages, value_loss
 
 # ----------------------------------------------------------------------------- maths
 
-def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0), correct: torch.Tensor = None):
+def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0), correct: torch.Tensor = None,
+                     tpf: torch.Tensor = None):
     """rewards [P, K] -> (advantages [P, K], kept [P]). Population-std z-score inside each
     group; a group is kept iff its accuracy lies in [lo, hi] and it has any variance.
     Accuracy is the mean of `correct` [P, K] (default: the rewards themselves, binary): with
-    a speed term a reward is more than 0/1, but the band still reads the share right."""
-    mean = rewards.mean(1, keepdim=True)
+    a speed term a reward is more than 0/1, but the band still reads the share right.
+
+    With `tpf` [P, K] (--tpf-advantage, after LightningRL) the advantage is z(reward) +
+    z(TPF), each z-scored inside the group on its own, so a group whose answers are all right
+    but differ in speed carries signal (the faster ones up). As LightningRL does, all-wrong
+    groups are dropped (a faster wrong answer is not worth teaching on its own), and a
+    group's TPF term counts only where its TPF range is at least 0.01."""
+    z = lambda x, varies: torch.where(varies, (x - x.mean(1, keepdim=True)) /
+                                      x.std(1, unbiased=False, keepdim=True).clamp_min(1e-8), torch.zeros_like(x))
     std = rewards.std(1, unbiased=False, keepdim=True)
-    adv = torch.where(std > 0, (rewards - mean) / std.clamp_min(1e-8), torch.zeros_like(rewards))
+    adv = z(rewards, std > 0)
     acc = (rewards if correct is None else correct).mean(1)
     kept = (acc >= band[0]) & (acc <= band[1]) & (std.squeeze(1) > 0)
+    if tpf is not None:
+        spread = (tpf.amax(1) - tpf.amin(1) >= 0.01)[:, None]
+        adv = adv + z(tpf, spread)
+        kept = (acc >= band[0]) & (acc <= band[1]) & (acc > 0) & ((std > 0) | spread).squeeze(1)
     return adv * kept[:, None], kept
+
+
+def advantages(ro, a):
+    """group_advantages of a rollout dict under the flags `a`: [P, K] advantages and kept."""
+    tpf = (ro["n_gen"].float() / ro["nfe"].clamp_min(1).float()).view_as(ro["reward"]) if a.tpf_advantage else None
+    return group_advantages(ro["reward"], a.acc_band, ro["correct"], tpf)
 
 
 def k3(delta):
@@ -108,14 +128,14 @@ def rl_step(model, opt, problems, a, gen, critic=None, ref=None):
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
     draw = lambda: rollout(model, problems, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
-                           a.commit_distance, a.reach_spread, a.speed_alpha, a.temperature)
+                           a.commit_distance, a.reach_spread, a.speed_alpha, a.temperature, a.threshold_spread)
     ro, draws = draw(), 1
     # Dynamic sampling (DAPO's): a group whose K samples all agree has no advantage, and with
     # bimodal per-prompt accuracy most groups do, so a step may learn from ~5 prompts. Draw
     # P more prompts until --min-groups groups carry signal (at most --max-draws draws). The
     # count is global, so every rank draws as often as the others.
     while draws < a.max_draws and a.min_groups and \
-            dist.all_reduce_sum(float(group_advantages(ro["reward"], a.acc_band, ro["correct"])[1].sum())) \
+            dist.all_reduce_sum(float(advantages(ro, a)[1].sum())) \
             < a.min_groups:
         ro, draws = merge_rollouts(ro, draw()), draws + 1
     log = rl_update(model, opt, ro, a, own, critic, ref)
@@ -151,7 +171,7 @@ def rl_update(model, opt, ro, a, gen, critic=None, ref=None):
     optimiser step each; from the second step on ρ ≠ 1, and PPO's clip and the KL
     penalty keep the later steps near the policy that sampled."""
     dev = next(model.parameters()).device
-    adv, kept = group_advantages(ro["reward"], a.acc_band, ro["correct"])
+    adv, kept = advantages(ro, a)
     adv = adv.view(-1)
     resp = pick_responses(ro, adv, a, critic)
     # "reward" in the log is the share of right answers (the speed term, if any, is not in it),
@@ -306,6 +326,12 @@ def frozen(model):
     return ref
 
 
+def check_rl_args(a):
+    """The RL flag combinations that cannot work, as a ValueError (one line for the CLIs)."""
+    if a.tpf_advantage and a.value_model:
+        raise ValueError("--tpf-advantage is a group advantage; --value-model replaces it (choose one)")
+
+
 def add_rl_args(ap):
     """RL flags, shared with curriculum.py."""
     ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
@@ -322,6 +348,12 @@ def add_rl_args(ap):
                     help="commit distances cycled over each group's K samples, e.g. 4,4,6,6,8,8,0,0 "
                          "(sample j uses the (j mod n)-th; 0 = anywhere; ours); overrides "
                          "--commit-distance in rollouts; '' = off")
+    ap.add_argument("--threshold-spread", type=parse_thresholds, default=None,
+                    help="rollout θs cycled over each group's K samples, e.g. 0.7,0.9,0.95,0.99 (sample j "
+                         "uses the (j mod n)-th; ours); overrides --threshold in rollouts; '' = off")
+    ap.add_argument("--tpf-advantage", action="store_true",
+                    help="advantage z(reward) + z(TPF) inside each group, all-right groups kept and "
+                         "all-wrong ones dropped (after LightningRL; ours); not with --value-model")
     ap.add_argument("--speed-alpha", type=float, default=0.0,
                     help="a right answer earns 1 + α·TPF of its own rollout (ours, after DiRL/LightningRL); "
                          "0 = binary reward")
@@ -361,6 +393,10 @@ def main():
     add_task_args(ap)
     a = ap.parse_args()
     a.rollout_block_size = a.rollout_block_size or a.block_size
+    try:
+        check_rl_args(a)
+    except ValueError as e:
+        ap.error(str(e))
     try:
         dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
         if a.n_prompts < dist.world():

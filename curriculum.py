@@ -31,7 +31,6 @@ files everywhere. Evaluation jobs (checkpoint x B x rule) are dealt out across r
 (eval_math.evaluate_all).
 """
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -42,7 +41,7 @@ import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
 from eval_math import SWEEP_THRESHOLDS, evaluate_all, parse_list
 from schedule import schedule_stats
-from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, load_checkpoint,
+from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, file_sha256, load_checkpoint,
                    pick_device, save_checkpoint, write_json)
 from tracerl import add_rl_args, check_rl_args, run_tracerl
 from report import aggregate, pictures, report
@@ -135,8 +134,7 @@ class Run:
         st = os.stat(self.path(name))
         key = (name, st.st_size, st.st_mtime_ns)
         if key not in self._digests:
-            with open(self.path(name), "rb") as f:
-                self._digests[key] = hashlib.sha256(f.read()).hexdigest()
+            self._digests[key] = file_sha256(self.path(name))
         return self._digests[key]
 
     def load(self, name):

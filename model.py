@@ -25,6 +25,7 @@ learned absolute positions instead of Qwen3's RoPE (docs/design.md §10: RoPE me
 better here), LayerNorm, GELU MLP, no dropout by default.
 """
 import functools
+import hashlib
 import json
 import math
 import os
@@ -304,6 +305,13 @@ class GPT(nn.Module):
 
 class CheckpointError(RuntimeError):
     """A missing, unreadable or mismatched checkpoint; the message is one line."""
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes: what a checkpoint records of its parent (parent_sha256), so
+    a resumed run can tell a child of the current parent from one of weights since replaced."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def save_checkpoint(path: str, model: GPT, meta: dict) -> None:

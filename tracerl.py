@@ -46,7 +46,7 @@ import torch
 
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
-from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
+from model import CheckpointError, file_sha256, load_checkpoint, pick_device, save_checkpoint
 from rollouts import (merge_rollouts, parse_spread, parse_thresholds,  # steps 1-2: rollouts, rewards
                       positive_temperature, rollout)
 from train import blew_up, finite
@@ -407,8 +407,10 @@ def main():
         check_fit(train_rows, model.cfg.prompt_len, model.cfg.answer_len, "training data", fixed=True)
         hist = run_tracerl(model, train_rows, a, name=f"rl{a.block_size}", seed=a.seed)
         if dist.is_main():
+            # parent_sha256: this file's parent is --ckpt (the inherited meta holds --ckpt's own
+            # parent's digest), so a run folder that holds both resumes without rebuilding it
             save_checkpoint(a.out, model, dict(meta, stage="rl", block_size=a.block_size, rl_history=hist,
-                                               parent=os.path.abspath(a.ckpt)))
+                                               parent=os.path.abspath(a.ckpt), parent_sha256=file_sha256(a.ckpt)))
             print(f"saved {a.out}")
         dist.barrier()
     except (CheckpointError, DataError, FloatingPointError) as e:

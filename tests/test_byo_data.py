@@ -4,6 +4,7 @@ question or an answer does not fit the model's areas.
 
     python -m pytest -q tests/test_byo_data.py
 """
+import hashlib
 import json
 import os
 import subprocess
@@ -93,6 +94,9 @@ def test_tracerl_on_own_jsonl_with_value_model(trained, files):
             "--device", "cpu", "--out", str(out / "rl4.pt"))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "vloss" in p.stdout and (out / "rl4.pt").exists()
+    # it records its parent (--ckpt) as a run folder's checkpoints do, so it can join one
+    with open(out / "rl4.pt.json") as f:
+        assert json.load(f)["parent_sha256"] == hashlib.sha256((out / "sft4.pt").read_bytes()).hexdigest()
 
 
 def test_too_long_fails_in_one_line_naming_the_flag(files, trained, tmp_path):

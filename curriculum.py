@@ -11,7 +11,8 @@ What runs, each step skipped when its checkpoint already exists and its parent i
 it was trained from (docs/design.md §8):
   data -> AR pre-train (ar.pt) -> block SFT at the first B (sft{B0}.pt) ->
   T*: TraceRL at every B in --stages, each from the previous stage (tstar{B}.pt) ->
-  direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt) ->
+  direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt;
+          --direct-budget rows: as many trace rows as T* built instead) ->
   no-RL: the same ladder with block SFT instead of RL, as many updates per stage (norl{B}.pt) ->
   evaluation of every checkpoint at every B (greedy; dynamic θ and static one-token-per-step,
   plus the frontier sweep: dynamic at several θ and ltr) and the Ŝ schedule statistics,
@@ -190,7 +191,7 @@ def spread(a, stages, B):
     return grown_spread(stages[0], B, a.k) if a.grow_spread else a.reach_spread
 
 
-def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a, seed, stages):
+def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a, seed, stages, max_rows=0):
     """TraceRL at block_size from checkpoint `parent` (trained at prev_block_size), saved as
     `name` (skipped if present and still `parent`'s child). With --ref-kl the reference is
     the stage's start (`--ref-to stage`) or the first SFT model (`--ref-to base`)."""
@@ -199,7 +200,7 @@ def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a,
     model, meta = run.load(parent)
     ref = run.load(f"sft{stages[0]}")[0] if a.ref_kl > 0 and a.ref_to == "base" else None
     ra = argparse.Namespace(**vars(a))
-    ra.block_size, ra.steps = block_size, steps
+    ra.block_size, ra.steps, ra.max_rows = block_size, steps, max_rows
     hist = []
     if a.warmup_steps and prev_block_size != block_size:
         # The TraceRL authors' block-enlargement warm-up: train with the new block mask
@@ -248,6 +249,9 @@ def main():
                     help="the frozen reference of --ref-kl: the stage's starting weights, or the first "
                          "block SFT model (sft{B0}) for every stage")
     add_model_args(ap)
+    ap.add_argument("--direct-budget", default="steps", choices=["steps", "rows"],
+                    help="direct's RL budget: T*'s total steps, or T*'s total trace rows (equal compute; "
+                         "docs/experiments.md E34)")
     ap.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
     ap.add_argument("--sweep-thresholds", default=",".join(map(str, SWEEP_THRESHOLDS)),
                     help="θ values of the frontier sweep (dynamic at each, plus static and ltr, for every "
@@ -337,22 +341,28 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None):
                               a.batch_size, seed, not a.no_block_offsets, log_every=100)
         run.save(sft0, model, dict(meta, method="sft"), "ar")
     # --- T*: TraceRL at each block size from the previous stage
-    parent, prev_B, steps_used = sft0, B0, {}
+    parent, prev_B, steps_used, rows_used = sft0, B0, {}, {}
     for i, B in enumerate(stages):
         cap = a.first_stage_steps if i == 0 else a.stage_steps
         # seed + 100 * i: every stage draws its own prompts and samples (a shared stream
         # would make stage 8 start by replaying stage 4's first rollouts)
         meta = rl_stage(run, f"tstar{B}", parent, B, prev_B, cap, train_rows, a, seed + 100 * i, stages)
         steps_used[B] = len(meta["rl_history"])
+        rows_used[B] = sum(h["rows"] for h in meta["rl_history"])
         parent, prev_B = f"tstar{B}", B
     # --- direct: the last block size straight from the SFT model, T*'s total RL steps
     B_last = stages[-1]
     if len(stages) > 1:
         # its own rollout stream (seed + 1000, past any stage's seed + 100 * i): direct does not
         # replay the prompt draws of T*'s first stage, which start from the same weights
-        rl_stage(run, f"direct{B_last}", sft0, B_last, B_last, sum(steps_used.values()), train_rows, a,
-                 seed + 1000,
-                 stages)
+        # --direct-budget steps: T*'s total RL steps; rows: as many steps as it takes to build as
+        # many trace rows as all T* stages did (a step at a small block builds fewer rows, so
+        # equal steps give direct more compute: docs/experiments.md E34), capped at 3x the steps
+        n_steps, max_rows = sum(steps_used.values()), 0
+        if a.direct_budget == "rows":
+            n_steps, max_rows = 3 * n_steps, sum(rows_used.values())
+        rl_stage(run, f"direct{B_last}", sft0, B_last, B_last, n_steps, train_rows, a, seed + 1000, stages,
+                 max_rows)
     # --- no-RL: the same ladder with supervised updates instead of RL
     parent = sft0
     for B in stages[1:]:

@@ -283,7 +283,8 @@ def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
 
 def run_tracerl(model, problems, a, name="rl", seed=0, ref=None):
     """A TraceRL stage: up to a.steps RL steps, stopping early once the mean rollout
-    reward of the last 5 steps reaches a.target_reward (0 = never). With --ref-kl > 0 the
+    reward of the last 5 steps reaches a.target_reward (0 = never), or once the stage's trace
+    rows reach a.max_rows (absent or 0 = never; --max-rows). With --ref-kl > 0 the
     reference is `ref`, or, by default, a frozen copy of the weights the stage starts from.
     Returns history."""
     dev = next(model.parameters()).device
@@ -314,6 +315,10 @@ def run_tracerl(model, problems, a, name="rl", seed=0, ref=None):
         if a.target_reward > 0 and len(recent) == 5 and sum(recent) / 5 >= a.target_reward:
             print(f"{name}: mean reward of the last 5 steps {sum(recent) / 5:.3f} >= target "
                   f"{a.target_reward}; stage done")
+            break
+        rows = sum(h["rows"] for h in hist)  # global rows: every rank stops together
+        if getattr(a, "max_rows", 0) > 0 and rows >= a.max_rows:
+            print(f"{name}: {rows} trace rows >= the budget of {a.max_rows}; stage done")
             break
     return hist
 
@@ -387,6 +392,9 @@ def main():
     ap.add_argument("--block-size", type=int, default=8, help="training block size")
     ap.add_argument("--rollout-block-size", type=int, default=None, help="rollout block size (default: --block-size)")
     ap.add_argument("--steps", type=int, default=40, help="RL steps (a cap with --target-reward)")
+    ap.add_argument("--max-rows", type=int, default=0,
+                    help="end the run once its trace rows (the update's work) reach this many, a cap like --steps (0 = off; "
+                         "curriculum --direct-budget rows sets it for direct)")
     ap.add_argument("--seed", type=int, default=0, help="rollout seed")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     add_rl_args(ap)

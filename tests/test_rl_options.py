@@ -3,6 +3,7 @@ of θ, the speed term, the z(reward) + z(TPF) advantage, the frozen-reference KL
 and checks that go with them."""
 import argparse
 import copy
+import json
 import subprocess
 import sys
 
@@ -295,13 +296,19 @@ def test_curriculum_runs_with_every_option(tmp_path):
     from test_curriculum import TINY, curriculum
     p = curriculum(*TINY, "--grow-spread", "--ref-kl", "0.05", "--ref-to", "base", "--speed-alpha", "0.1",
                    "--temperature", "1.3", "--threshold-spread", "0.8,1", "--tpf-advantage",
-                   "--sweep-thresholds", "", "--out", str(tmp_path / "opt"))
+                   "--direct-budget", "rows", "--sweep-thresholds", "", "--out", str(tmp_path / "opt"))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "tstar8: rollout commit distances per group [4, 0] (0 = anywhere)" in p.stdout
     assert "direct8: rollout commit distances per group [4, 0] (0 = anywhere)" in p.stdout
     assert "tstar4: rollout commit distances" not in p.stdout  # the first block: anywhere, no spread
     assert all("| ref-kl " in line for line in p.stdout.splitlines() if line.startswith("tstar8 step"))
     assert (tmp_path / "opt" / "results.md").exists()
+    # --direct-budget rows: direct stops at the first step where its trace rows reach T*'s
+    hist = lambda n: json.load(open(tmp_path / "opt" / f"{n}.pt.json"))["rl_history"]
+    budget = sum(h["rows"] for n in ("tstar4", "tstar8") for h in hist(n))
+    rows = [h["rows"] for h in hist("direct8")]
+    assert budget > 0 and sum(rows) >= budget > sum(rows[:-1])
+    assert f"direct8: {sum(rows)} trace rows >= the budget of {budget}; stage done" in p.stdout
 
 
 def test_temperature_flag_takes_positive_numbers_only(tmp_path):

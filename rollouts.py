@@ -1,4 +1,5 @@
-"""TraceRL's rollouts and their rewards: steps 1-2 of an RL step (tracerl.py does the rest).
+"""TraceRL's rollouts, their rewards and the group advantages: steps 1-3 of an RL step
+(tracerl.py does the rest).
 
     from rollouts import rollout
     ro = rollout(model, train_rows, n_prompts=32, k=8, block_size=8, threshold=0.9,
@@ -9,13 +10,15 @@ A rollout picks P prompts, samples K responses to each at temperature 1 (--tempe
 decoding at the rollout block size (sample.generate, which records the trace: the forward
 that committed every token, and its log-prob), and grades them with the task's own
 grading (data.task.is_correct): reward 1 if the answer is right, else 0 (no eos = 0).
-tracerl.py turns these dicts into advantages, trace rows (traces.py) and an update.
+group_advantages z-scores the rewards inside each prompt's group; tracerl.py turns them into
+trace rows (traces.py) and an update.
 
 Simplified from the paper: a binary reward, no reward model. Ours, off by default
 (docs/experiments.md, round 3): `--reach-spread` (a group's samples decode with different
 commit distances, sample_distances), `--threshold-spread` (and with different θ) and
-`--speed-alpha` (a right answer earns 1 + α·TPF of its own decode). Under torchrun each rank samples its own share of the prompts, whole
-groups only, so no reward ever needs gathering (dist.py).
+`--speed-alpha` (a right answer earns 1 + α·TPF of its own decode), `--tpf-advantage` (the
+advantage z(reward) + z(TPF)). Under torchrun each rank samples its own share of the prompts,
+whole groups only, so no reward ever needs gathering (dist.py).
 """
 import argparse
 
@@ -111,6 +114,37 @@ def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_ge
     reward = correct * (1 + speed_alpha * tpf)
     return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k),
                 correct=correct.view(len(group), k), distance=reach, threshold=theta, texts=texts)
+
+
+def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0), correct: torch.Tensor = None,
+                     tpf: torch.Tensor = None):
+    """rewards [P, K] -> (advantages [P, K], kept [P]). Population-std z-score inside each
+    group; a group is kept iff its accuracy lies in [lo, hi] and it has any variance.
+    Accuracy is the mean of `correct` [P, K] (default: the rewards themselves, binary): with
+    a speed term a reward is more than 0/1, but the band still reads the share right.
+
+    With `tpf` [P, K] (--tpf-advantage, after LightningRL) the advantage is z(reward) +
+    z(TPF), each z-scored inside the group on its own, so a group whose answers are all right
+    but differ in speed carries signal (the faster ones up). As LightningRL does, all-wrong
+    groups are dropped (a faster wrong answer is not worth teaching on its own), and a
+    group's TPF term counts only where its TPF range is at least 0.01."""
+    z = lambda x, varies: torch.where(varies, (x - x.mean(1, keepdim=True)) /
+                                      x.std(1, unbiased=False, keepdim=True).clamp_min(1e-8), torch.zeros_like(x))
+    std = rewards.std(1, unbiased=False, keepdim=True)
+    adv = z(rewards, std > 0)
+    acc = (rewards if correct is None else correct).mean(1)
+    kept = (acc >= band[0]) & (acc <= band[1]) & (std.squeeze(1) > 0)
+    if tpf is not None:
+        spread = (tpf.amax(1) - tpf.amin(1) >= 0.01)[:, None]
+        adv = adv + z(tpf, spread)
+        kept = (acc >= band[0]) & (acc <= band[1]) & (acc > 0) & ((std > 0) | spread).squeeze(1)
+    return adv * kept[:, None], kept
+
+
+def advantages(ro, a):
+    """group_advantages of a rollout dict under the flags `a`: [P, K] advantages and kept."""
+    tpf = (ro["n_gen"].float() / ro["nfe"].clamp_min(1).float()).view_as(ro["reward"]) if a.tpf_advantage else None
+    return group_advantages(ro["reward"], a.acc_band, ro["correct"], tpf)
 
 
 def merge_rollouts(first: dict, second: dict) -> dict:

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --out runs/x/rl8.pt
 
 One RL step reads top to bottom as: rollouts -> rewards -> advantages -> trace rows -> update
-(steps 1-2 are rollouts.py's, 4 is traces.py's; this file is the RL maths and the loop).
+(steps 1-3 are rollouts.py's, 4 is traces.py's; this file is the update's maths and the loop).
   1. rollouts: P prompts x K samples at temperature 1 (--temperature: then the policy is
      the tempered one throughout), dynamic decoding at the rollout block size, with the
      trace (the forward that committed every token) and log-probs recorded;
@@ -47,45 +47,14 @@ import torch
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
 from model import CheckpointError, file_sha256, load_checkpoint, pick_device, save_checkpoint
-from rollouts import (merge_rollouts, parse_spread, parse_thresholds,  # steps 1-2: rollouts, rewards
-                      positive_temperature, rollout)
+from rollouts import (advantages, merge_rollouts, parse_spread,  # steps 1-3: rollouts, rewards, advantages
+                      parse_thresholds, positive_temperature, rollout)
 from train import blew_up, finite
 from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss
 
 
 # ----------------------------------------------------------------------------- maths
-
-def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0), correct: torch.Tensor = None,
-                     tpf: torch.Tensor = None):
-    """rewards [P, K] -> (advantages [P, K], kept [P]). Population-std z-score inside each
-    group; a group is kept iff its accuracy lies in [lo, hi] and it has any variance.
-    Accuracy is the mean of `correct` [P, K] (default: the rewards themselves, binary): with
-    a speed term a reward is more than 0/1, but the band still reads the share right.
-
-    With `tpf` [P, K] (--tpf-advantage, after LightningRL) the advantage is z(reward) +
-    z(TPF), each z-scored inside the group on its own, so a group whose answers are all right
-    but differ in speed carries signal (the faster ones up). As LightningRL does, all-wrong
-    groups are dropped (a faster wrong answer is not worth teaching on its own), and a
-    group's TPF term counts only where its TPF range is at least 0.01."""
-    z = lambda x, varies: torch.where(varies, (x - x.mean(1, keepdim=True)) /
-                                      x.std(1, unbiased=False, keepdim=True).clamp_min(1e-8), torch.zeros_like(x))
-    std = rewards.std(1, unbiased=False, keepdim=True)
-    adv = z(rewards, std > 0)
-    acc = (rewards if correct is None else correct).mean(1)
-    kept = (acc >= band[0]) & (acc <= band[1]) & (std.squeeze(1) > 0)
-    if tpf is not None:
-        spread = (tpf.amax(1) - tpf.amin(1) >= 0.01)[:, None]
-        adv = adv + z(tpf, spread)
-        kept = (acc >= band[0]) & (acc <= band[1]) & (acc > 0) & ((std > 0) | spread).squeeze(1)
-    return adv * kept[:, None], kept
-
-
-def advantages(ro, a):
-    """group_advantages of a rollout dict under the flags `a`: [P, K] advantages and kept."""
-    tpf = (ro["n_gen"].float() / ro["nfe"].clamp_min(1).float()).view_as(ro["reward"]) if a.tpf_advantage else None
-    return group_advantages(ro["reward"], a.acc_band, ro["correct"], tpf)
-
 
 def k3(delta):
     """Schulman's k3 estimator of KL per sampled token, delta = log π_θ − log π_other:

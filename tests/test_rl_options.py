@@ -15,8 +15,8 @@ import tracerl
 from curriculum import grown_spread
 from model import GPT, GPTConfig
 from sample import generate, near_frontier
-from rollouts import parse_spread, parse_thresholds, per_sample, sample_distances
-from tracerl import advantages, group_advantages, reference_penalty, rl_step, run_tracerl
+from rollouts import advantages, group_advantages, parse_spread, parse_thresholds, per_sample, sample_distances
+from tracerl import reference_penalty, rl_step, run_tracerl
 from train import finite, run_ar, window_for
 from test_tracerl import rl_args
 from test_curriculum import ROOT, one_error_line

@@ -13,7 +13,8 @@ from data.tokenizer import decode
 from data.task import is_correct
 from model import GPTConfig
 from sample import commit_ranks, generate
-from tracerl import add_rl_args, group_advantages, policy_loss, rl_step, run_tracerl
+from rollouts import group_advantages
+from tracerl import add_rl_args, policy_loss, rl_step, run_tracerl
 from traces import round_ranks, row_logprobs, trace_rows
 from train import run_ar, run_sft
 

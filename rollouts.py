@@ -133,11 +133,12 @@ def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0), correct: torch.Tens
     std = rewards.std(1, unbiased=False, keepdim=True)
     adv = z(rewards, std > 0)
     acc = (rewards if correct is None else correct).mean(1)
-    kept = (acc >= band[0]) & (acc <= band[1]) & (std.squeeze(1) > 0)
+    in_band = (acc >= band[0]) & (acc <= band[1])
+    kept = in_band & (std.squeeze(1) > 0)
     if tpf is not None:
         spread = (tpf.amax(1) - tpf.amin(1) >= 0.01)[:, None]
         adv = adv + z(tpf, spread)
-        kept = (acc >= band[0]) & (acc <= band[1]) & (acc > 0) & ((std > 0) | spread).squeeze(1)
+        kept = in_band & (acc > 0) & ((std > 0) | spread).squeeze(1)
     return adv * kept[:, None], kept
 
 

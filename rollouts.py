@@ -30,27 +30,28 @@ from data.tokenizer import decode
 from sample import generate
 
 
-def parse_spread(text: str):
-    """'4,4,8,0' -> [4, 4, 8, 0]; '' -> None (no spread); one-line error otherwise."""
+def parse_values(text: str, flag: str, kind, kinds: str, ok, bound: str):
+    """A comma-separated spread flag: '4,4,8' -> [4, 4, 8] (each `kind`, each passing `ok`);
+    '' -> None (no spread); a one-line argparse error naming `flag` otherwise."""
     try:
-        spread = [int(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--reach-spread must be comma-separated integers, got {text!r}")
-    if any(d < 0 for d in spread):
-        raise argparse.ArgumentTypeError(f"--reach-spread distances must be >= 0, got {text!r}")
-    return spread or None
+        raise argparse.ArgumentTypeError(f"{flag} must be comma-separated {kinds}, got {text!r}") from None
+    if not all(ok(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{flag} {bound}, got {text!r}")
+    return values or None
+
+
+def parse_spread(text: str):
+    """--reach-spread: '4,4,8,0' -> [4, 4, 8, 0]; distances >= 0 (0 = anywhere)."""
+    return parse_values(text, "--reach-spread", int, "integers", lambda d: d >= 0, "distances must be >= 0")
 
 
 def parse_thresholds(text: str):
-    """--threshold-spread: '0.7,0.99' -> [0.7, 0.99]; '' -> None (no spread); each θ in
-    (0, 1] (θ > 1 would never commit above it: every forward would fall back to one token)."""
-    try:
-        spread = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threshold-spread must be comma-separated numbers, got {text!r}")
-    if not all(0 < t <= 1 for t in spread):
-        raise argparse.ArgumentTypeError(f"--threshold-spread values must be in (0, 1], got {text!r}")
-    return spread or None
+    """--threshold-spread: '0.7,0.99' -> [0.7, 0.99]; each θ in (0, 1] (θ > 1 would never
+    commit above it: every forward would fall back to one token)."""
+    return parse_values(text, "--threshold-spread", float, "numbers", lambda t: 0 < t <= 1,
+                        "values must be in (0, 1]")
 
 
 def positive_temperature(text: str) -> float:

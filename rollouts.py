@@ -25,9 +25,11 @@ import argparse
 import torch
 
 import dist
-from data.task import encode_prompts, is_correct
-from data.tokenizer import decode
+from data.task import encode_answers, encode_prompts, is_correct
+from data.tokenizer import MASK_ID, decode
 from sample import generate
+
+HINT_CHUNK = 4  # tokens per hint span (IGPO writes chunks of 5-10 tokens of a longer reference)
 
 
 def parse_values(text: str, flag: str, kind, kinds: str, ok, bound: str):
@@ -66,6 +68,34 @@ def positive_temperature(text: str) -> float:
     return t
 
 
+def add_rollout_args(ap):
+    """The rollout flags (steps 1-3), shared by tracerl.py and curriculum.py."""
+    ap.add_argument("--temperature", type=positive_temperature, default=1.0,
+                    help="rollout sampling temperature; the update's log-probs are of the same tempered "
+                         "policy, so π_old = the sampler's (IGPO and DiffuCoder sample at 1.2)")
+    ap.add_argument("--commit-distance", type=int, default=0,
+                    help="rollouts commit only masks fewer than D places right of the block's leftmost "
+                         "mask (0 = anywhere; sample.near_frontier)")
+    ap.add_argument("--reach-spread", type=parse_spread, default=None,
+                    help="commit distances cycled over each group's K samples, e.g. 4,4,6,6,8,8,0,0 "
+                         "(sample j uses the (j mod n)-th; 0 = anywhere; ours); overrides "
+                         "--commit-distance in rollouts; '' = off")
+    ap.add_argument("--threshold-spread", type=parse_thresholds, default=None,
+                    help="rollout θs cycled over each group's K samples, e.g. 0.7,0.9,0.95,0.99 (sample j "
+                         "uses the (j mod n)-th; ours); overrides --threshold in rollouts; '' = off")
+    ap.add_argument("--tpf-advantage", action="store_true",
+                    help="advantage z(reward) + z(TPF) inside each group, all-right groups kept and "
+                         "all-wrong ones dropped (after LightningRL; ours); not with --value-model")
+    ap.add_argument("--speed-alpha", type=float, default=0.0,
+                    help="a right answer earns 1 + α·TPF of its own rollout (ours, after DiRL/LightningRL); "
+                         "0 = binary reward")
+    ap.add_argument("--hint-samples", type=int, default=0,
+                    help="in a group whose K answers are all wrong, redraw the first H samples with "
+                         "spans of the reference answer written in (20-60%% of its worked steps, never "
+                         "its final answer); right redraws replace their samples, hint tokens stay out "
+                         "of the loss (after IGPO; ours); 0 = off")
+
+
 def per_sample(n_groups: int, k: int, value, spread=None, dtype=torch.long):
     """One setting for every rollout sample [n_groups * k]: with a spread (--reach-spread,
     --threshold-spread; ours), sample j of each group uses spread[j % len(spread)], so within
@@ -77,6 +107,28 @@ def per_sample(n_groups: int, k: int, value, spread=None, dtype=torch.long):
     return torch.tensor(each, dtype=dtype).repeat(n_groups)
 
 
+def hint_canvas(answers, answer_len: int, gen, lo: float = 0.2, hi: float = 0.6):
+    """[n, A] answer areas for hinted decoding (--hint-samples; ours, after IGPO): <|mask|>
+    everywhere but a few HINT_CHUNK-token spans of each reference answer, at their own
+    positions, covering a fraction drawn from U[lo, hi] of its worked steps. Only the steps
+    before '####' are hinted, never the final answer or the eos, so a hinted sample still
+    has to write its answer itself."""
+    ids, _ = encode_answers(answers, answer_len)
+    canvas = torch.full_like(ids, MASK_ID)
+    for i, ans in enumerate(answers):
+        n = len(ans.split("####")[0].encode())  # the worked steps, in bytes (= tokens)
+        chunks = torch.randperm(-(-n // HINT_CHUNK), generator=gen).tolist()
+        want = n * (lo + (hi - lo) * float(torch.rand((), generator=gen)))
+        covered = 0
+        for c in chunks:
+            if covered >= want:
+                break
+            span = slice(c * HINT_CHUNK, min((c + 1) * HINT_CHUNK, n))
+            canvas[i, span] = ids[i, span]
+            covered += span.stop - span.start
+    return canvas
+
+
 def sample_distances(n_groups: int, k: int, distance: int = 0, spread=None):
     """Commit distance of every rollout sample [n_groups * k] (per_sample)."""
     return per_sample(n_groups, k, distance, spread)
@@ -84,7 +136,8 @@ def sample_distances(n_groups: int, k: int, distance: int = 0, spread=None):
 
 @torch.no_grad()
 def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_gen=None, distance=0,
-            spread=None, speed_alpha: float = 0.0, temperature: float = 1.0, threshold_spread=None):
+            spread=None, speed_alpha: float = 0.0, temperature: float = 1.0, threshold_spread=None,
+            hint_samples: int = 0):
     """Pick P prompts from `problems` with the shared `gen` (every rank picks the same
     ones), sample K responses for this rank's share with `sample_gen` (default: gen), grade
     them. DDP: the P prompts are split across ranks, prompt p on rank p % world, each with
@@ -97,7 +150,14 @@ def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_ge
     (--temperature) tempers the sampling distribution, whose log-probs the sampler records
     and the update recomputes (traces.row_logprobs at the same temperature). Returns a dict of
     tensors: the sampler's outputs plus prompts, reward [G, K], correct [G, K], distance [N],
-    threshold [N] (each sample's θ: `threshold`, or its entry of threshold_spread)."""
+    threshold [N] (each sample's θ: `threshold`, or its entry of threshold_spread), hinted [N].
+
+    With hint_samples H > 0 (--hint-samples; ours, after IGPO) every group whose K answers
+    are all wrong decodes its first H samples again, with the same distances and θs, from a
+    hint canvas (hint_canvas: spans of the reference written in); each hinted redraw that
+    comes out right replaces its sample, so the group now has a right answer to learn from.
+    The hint tokens are context, not actions: their fwd is sample.GIVEN, so no trace row
+    targets them and every row shows them, as the sampler's states did."""
     dev = next(model.parameters()).device
     pick = torch.randint(len(problems), (n_prompts,), generator=gen, device=dev).tolist()
     group = [problems[i] for i in pick[dist.rank()::dist.world()]]
@@ -106,11 +166,28 @@ def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_ge
     reach = sample_distances(len(group), k, distance, spread)
     theta = per_sample(len(group), k, threshold, threshold_spread, torch.float32)
     model.eval()
-    out = generate(model, prompts, block_size, "dynamic", theta if threshold_spread else threshold,
-                   temperature=temperature, generator=sample_gen or gen, distance=reach if spread else distance)
+    decode_rows = lambda idx, given=None: generate(
+        model, prompts[idx], block_size, "dynamic", theta[idx] if threshold_spread else threshold,
+        temperature=temperature, generator=sample_gen or gen, distance=reach[idx] if spread else distance,
+        given=given)
+    grade = lambda out, idx: [float(is_correct(decode(t), group[i // k]["answer"], bool(f)))
+                              for i, t, f in zip(idx.tolist(), out["tokens"], out["finished"])]
+    every = torch.arange(len(prompts))
+    out = decode_rows(every)
+    correct = torch.tensor(grade(out, every))
+    out["hinted"] = torch.zeros(len(prompts), dtype=torch.bool)
+    wrong = (correct.view(-1, k).sum(1) == 0).nonzero().squeeze(1)
+    if hint_samples and len(wrong):
+        idx = (wrong[:, None] * k + torch.arange(min(hint_samples, k))[None, :]).view(-1)
+        canvas = hint_canvas([group[i // k]["answer"] for i in idx.tolist()], model.cfg.answer_len,
+                             sample_gen or gen)
+        hinted = decode_rows(idx, canvas)
+        ok = torch.tensor(grade(hinted, idx)) > 0
+        hinted["hinted"] = torch.ones(len(idx), dtype=torch.bool)
+        for key, v in hinted.items():  # the right redraws take their samples' places
+            out[key][idx[ok]] = v[ok]
+        correct[idx[ok]] = 1.0
     texts = [decode(t) for t in out["tokens"]]
-    correct = torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
-                            for i, (t, f) in enumerate(zip(texts, out["finished"]))])
     tpf = out["n_gen"].float() / out["nfe"].clamp_min(1).float()  # this sample's own TPF
     reward = correct * (1 + speed_alpha * tpf)
     return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k),

@@ -45,6 +45,7 @@ from data.tokenizer import EOS_ID, MASK_ID, decode
 from model import CheckpointError, KVCache, load_checkpoint, pick_device
 
 RULES = ("dynamic", "static", "ltr", "schedule")
+GIVEN = -2  # fwd of a token written in before decoding (a hint), not sampled; -1 = never decoded
 
 
 def policy_logprobs(logits, temperature: float):
@@ -137,13 +138,15 @@ def block_done(blk):
 @torch.no_grad()
 def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
              steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
-             schedule=None, distance: int = 0):
+             schedule=None, distance: int = 0, given=None):
     """Decode the answer area for a batch of left-padded prompts [N, P].
 
     distance > 0 limits commits to masks fewer than `distance` places right of the block's
     leftmost mask (`near_frontier`); 0 = anywhere in the block. A [N] tensor gives every
     prompt row its own distance; a [N] tensor `threshold` gives every row its own θ
-    (the rollout spreads of rollouts.py).
+    (the rollout spreads of rollouts.py). `given` [N, A] (<|mask|> where nothing is given)
+    writes tokens into the answer area before decoding (the hints of rollouts --hint-samples):
+    they are never sampled, count as context in every state, and have fwd GIVEN (-2).
 
     rule "schedule" replays a fixed schedule Ŝ (schedule.py): a list whose j-th entry holds
     the in-block positions to commit at a block's j-th step, whatever the confidences.
@@ -161,6 +164,9 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     N, A = prompts.shape[0], cfg.answer_len
     k_static = math.ceil(block_size / (steps or block_size))
     tokens, fwd, logp, nfe, done, cache = decode_state(cfg, N, dev)
+    if given is not None:
+        is_given = given.to(dev) != MASK_ID
+        tokens, fwd = torch.where(is_given, given.to(dev), tokens), fwd.masked_fill(is_given, GIVEN)
     alive = torch.arange(N, device=dev)  # batch indices of the sequences still decoding (in the cache)
     if torch.is_tensor(distance):  # per-row distances follow their rows as rows finish
         distance = distance.to(dev)
@@ -175,6 +181,10 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             masked = blk == MASK_ID
             need = masked.any(1) & ~done[alive]
             if not need.any():
+                if j == 0 and pending.shape[1]:
+                    # hints filled this block in every row: nothing to decode, but the clean
+                    # tokens still pending (the prompt, or the last block) must enter the cache
+                    model.decode_step(cache, pending, pending_bid, blk, b)
                 break
             logits = model.decode_step(cache, pending, pending_bid, blk, b).float()
             # weights blown up by an update: say so, not a multinomial error (-inf is fine:
@@ -224,7 +234,7 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     # Positions never decoded (after a row stopped) read as eos, with fwd -1. Tokens that
     # were committed after the first eos stay as they were: they are part of the state the
     # sampler saw, which TraceRL's trace rows must reproduce exactly.
-    return outputs(tokens.masked_fill(fwd < 0, EOS_ID), fwd, logp, nfe)
+    return outputs(tokens.masked_fill(fwd == -1, EOS_ID), fwd, logp, nfe)
 
 
 @torch.no_grad()

@@ -47,8 +47,7 @@ import torch
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
 from model import CheckpointError, file_sha256, load_checkpoint, pick_device, save_checkpoint
-from rollouts import (advantages, merge_rollouts, parse_spread,  # steps 1-3: rollouts, rewards, advantages
-                      parse_thresholds, positive_temperature, rollout)
+from rollouts import add_rollout_args, advantages, merge_rollouts, rollout  # steps 1-3
 from train import blew_up, finite
 from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss
@@ -97,7 +96,8 @@ def rl_step(model, opt, problems, a, gen, critic=None, ref=None):
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
     draw = lambda: rollout(model, problems, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
-                           a.commit_distance, a.reach_spread, a.speed_alpha, a.temperature, a.threshold_spread)
+                           a.commit_distance, a.reach_spread, a.speed_alpha, a.temperature, a.threshold_spread,
+                           a.hint_samples)
     ro, draws = draw(), 1
     # Dynamic sampling (DAPO's): a group whose K samples all agree has no advantage, and with
     # bimodal per-prompt accuracy most groups do, so a step may learn from ~5 prompts. Draw
@@ -304,6 +304,8 @@ def check_rl_args(a):
     """The RL flag combinations that cannot work, as a ValueError (one line for the CLIs)."""
     if a.tpf_advantage and a.value_model:
         raise ValueError("--tpf-advantage is a group advantage; --value-model replaces it (choose one)")
+    if not 0 <= a.hint_samples <= a.k:
+        raise ValueError(f"--hint-samples must be between 0 and --k {a.k}, got {a.hint_samples}")
 
 
 def add_rl_args(ap):
@@ -312,25 +314,7 @@ def add_rl_args(ap):
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
     ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (higher ones cost B=4 accuracy: docs/experiments.md E4, E6)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
-    ap.add_argument("--temperature", type=positive_temperature, default=1.0,
-                    help="rollout sampling temperature; the update's log-probs are of the same tempered "
-                         "policy, so π_old = the sampler's (IGPO and DiffuCoder sample at 1.2)")
-    ap.add_argument("--commit-distance", type=int, default=0,
-                    help="rollouts commit only masks fewer than D places right of the block's leftmost "
-                         "mask (0 = anywhere; sample.near_frontier)")
-    ap.add_argument("--reach-spread", type=parse_spread, default=None,
-                    help="commit distances cycled over each group's K samples, e.g. 4,4,6,6,8,8,0,0 "
-                         "(sample j uses the (j mod n)-th; 0 = anywhere; ours); overrides "
-                         "--commit-distance in rollouts; '' = off")
-    ap.add_argument("--threshold-spread", type=parse_thresholds, default=None,
-                    help="rollout θs cycled over each group's K samples, e.g. 0.7,0.9,0.95,0.99 (sample j "
-                         "uses the (j mod n)-th; ours); overrides --threshold in rollouts; '' = off")
-    ap.add_argument("--tpf-advantage", action="store_true",
-                    help="advantage z(reward) + z(TPF) inside each group, all-right groups kept and "
-                         "all-wrong ones dropped (after LightningRL; ours); not with --value-model")
-    ap.add_argument("--speed-alpha", type=float, default=0.0,
-                    help="a right answer earns 1 + α·TPF of its own rollout (ours, after DiRL/LightningRL); "
-                         "0 = binary reward")
+    add_rollout_args(ap)  # steps 1-3's flags (rollouts.py)
     ap.add_argument("--ref-kl", type=float, default=0.0,
                     help="β of a k3 KL to a frozen reference, the weights the stage starts from "
                          "(curriculum --ref-to picks); 0 = off")

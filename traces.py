@@ -17,16 +17,17 @@ import torch
 
 from data.tokenizer import MASK_ID
 from model import training_layout
-from sample import commit_ranks, policy_logprobs
+from sample import GIVEN, commit_ranks, policy_logprobs
 
 
 def round_ranks(fwd: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
     """Per-position round index of one response's trace fwd [A] (-1 = never decoded ->
-    a large number, so no round ever targets or unmasks it). The round is the within-block
-    commit rank (sample.commit_ranks); shrinkage merges every `shrink` neighbouring steps
-    of a block into one action."""
+    a large number, so no round ever targets or unmasks it; a given hint, fwd GIVEN -> -1,
+    so every round shows it and none targets it). The round is the within-block commit rank
+    (sample.commit_ranks); shrinkage merges every `shrink` neighbouring steps of a block into
+    one action."""
     ranks = commit_ranks(fwd, block_size)
-    return torch.where(ranks >= 0, ranks // shrink, 10 ** 6)
+    return torch.where(fwd == GIVEN, -1, torch.where(ranks >= 0, ranks // shrink, 10 ** 6))
 
 
 def trace_rows(fwd: torch.Tensor, block_size: int, shrink: int = 1):

@@ -17,7 +17,10 @@ Simplified from the paper: a binary reward, no reward model. Ours, off by defaul
 (docs/experiments.md, round 3): `--reach-spread` (a group's samples decode with different
 commit distances, sample_distances), `--threshold-spread` (and with different θ) and
 `--speed-alpha` (a right answer earns 1 + α·TPF of its own decode), `--tpf-advantage` (the
-advantage z(reward) + z(TPF)). Under torchrun each rank samples its own share of the prompts,
+advantage z(reward) + z(TPF)), `--hint-samples` (all-wrong groups redraw some samples with
+spans of the reference written in, after IGPO; IGPO also keeps high-entropy hint tokens in
+the loss, we keep none, and its hints cover a long chain of thought where ours cover 20-60 %
+of a few arithmetic steps). Under torchrun each rank samples its own share of the prompts,
 whole groups only, so no reward ever needs gathering (dist.py).
 """
 import argparse

@@ -173,11 +173,14 @@ def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_ge
         model, prompts[idx], block_size, "dynamic", theta[idx] if threshold_spread else threshold,
         temperature=temperature, generator=sample_gen or gen, distance=reach[idx] if spread else distance,
         given=given)
-    grade = lambda out, idx: [float(is_correct(decode(t), group[i // k]["answer"], bool(f)))
-                              for i, t, f in zip(idx.tolist(), out["tokens"], out["finished"])]
+
+    def graded(out, idx):  # the texts of decoded rows idx, and whether each is right
+        texts = [decode(t) for t in out["tokens"]]
+        return texts, torch.tensor([float(is_correct(t, group[i // k]["answer"], bool(f)))
+                                    for i, t, f in zip(idx.tolist(), texts, out["finished"])])
     every = torch.arange(len(prompts))
     out = decode_rows(every)
-    correct = torch.tensor(grade(out, every))
+    texts, correct = graded(out, every)
     out["hinted"] = torch.zeros(len(prompts), dtype=torch.bool)
     wrong = (correct.view(-1, k).sum(1) == 0).nonzero().squeeze(1)
     if hint_samples and len(wrong):
@@ -185,12 +188,14 @@ def rollout(model, problems, n_prompts, k, block_size, threshold, gen, sample_ge
         canvas = hint_canvas([group[i // k]["answer"] for i in idx.tolist()], model.cfg.answer_len,
                              sample_gen or gen)
         hinted = decode_rows(idx, canvas)
-        ok = torch.tensor(grade(hinted, idx)) > 0
+        hinted_texts, ok = graded(hinted, idx)
+        ok = ok > 0
         hinted["hinted"] = torch.ones(len(idx), dtype=torch.bool)
         for key, v in hinted.items():  # the right redraws take their samples' places
             out[key][idx[ok]] = v[ok]
+        for j in ok.nonzero().squeeze(1).tolist():
+            texts[int(idx[j])] = hinted_texts[j]
         correct[idx[ok]] = 1.0
-    texts = [decode(t) for t in out["tokens"]]
     tpf = out["n_gen"].float() / out["nfe"].clamp_min(1).float()  # this sample's own TPF
     reward = correct * (1 + speed_alpha * tpf)
     return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k),

@@ -165,8 +165,9 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     k_static = math.ceil(block_size / (steps or block_size))
     tokens, fwd, logp, nfe, done, cache = decode_state(cfg, N, dev)
     if given is not None:
-        is_given = given.to(dev) != MASK_ID
-        tokens, fwd = torch.where(is_given, given.to(dev), tokens), fwd.masked_fill(is_given, GIVEN)
+        given = given.to(dev)
+        is_given = given != MASK_ID
+        tokens, fwd = torch.where(is_given, given, tokens), fwd.masked_fill(is_given, GIVEN)
     alive = torch.arange(N, device=dev)  # batch indices of the sequences still decoding (in the cache)
     if torch.is_tensor(distance):  # per-row distances follow their rows as rows finish
         distance = distance.to(dev)

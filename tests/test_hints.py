@@ -79,6 +79,8 @@ def test_hinted_rollout_replaces_all_wrong_groups_with_right_redraws_on_policy(m
     h = ro["hinted"]
     assert h.any() and torch.equal(h, ro["correct"].view(-1) > 0)  # only right redraws are kept
     assert not h.view(4, 4)[:, 2:].any()  # and only among each group's first H samples
+    from data.tokenizer import decode
+    assert ro["texts"] == [decode(t) for t in ro["tokens"]]  # the texts are the kept samples' own
     for i in range(16):  # a kept redraw carries its hints; every other sample is the plain draw's
         assert ((ro["fwd"][i] == GIVEN).any()) == bool(h[i])
         if not h[i]:

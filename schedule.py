@@ -2,6 +2,7 @@
 
     python schedule.py --ckpt runs/tstar/tstar16.pt --block-size 16            # derive + save Ŝ
     python schedule.py --run runs/tstar --block-size 16                         # the replay table
+    python schedule.py --errors runs/tstar/sft4.pt runs/tstar/tstar16.pt --block-size 16   # root errors
 
 The paper's second claim is that T* "may converge to an alternative decoding schedule Ŝ
 that achieves comparable performance". Three views of that schedule (docs/design.md §9):
@@ -14,6 +15,8 @@ that achieves comparable performance". Three views of that schedule (docs/design
     mean commit rank, cut into the model's typical number of steps with its typical number
     of tokens per step). Saved as JSON next to the checkpoint and replayed by the sampler's
     `schedule` rule: at step j commit exactly Ŝ[j], the tokens still chosen by the model.
+The root-error table (`--errors`, DESIGN §11c) says where wrong answers go wrong: how far
+right of the filled-in frontier their first wrong commit stood, and how sure the model was.
 The replay table asks whether the schedule alone carries the gain, or the weights that
 learned it: T* with its own dynamic rule, T* replaying Ŝ, the SFT and no-RL models
 replaying the same Ŝ, and each with plain left-to-right decoding in as many steps.
@@ -28,7 +31,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from data.task import DataError, load_task
+from data.task import DataError, encode_answers, load_task
 from data.tokenizer import decode
 # Imports go one way: Ŝ builds on evaluation (the replay is an evaluation with a fixed
 # schedule), and eval_math never imports this file (tests/test_imports.py checks it).
@@ -185,6 +188,47 @@ def steps_per_block(fwd: torch.Tensor, block_size: int) -> float:
     return float(n_steps[n_steps > 0].float().mean()) if (n_steps > 0).any() else 0.0
 
 
+def root_errors(out, problems, correct, block_size: int):
+    """Where wrong answers go wrong (DESIGN §11c): for each wrong answer, its root error is
+    the earliest-committed token that differs from the reference answer at its position
+    (the leftmost of that forward's wrong tokens); returns one (distance, confidence) per
+    wrong answer, where distance is how many places the root error stood right of the
+    block's leftmost <|mask|> just before the forward that committed it (0 = at the
+    frontier) and confidence the sampler's probability of it. Positions are compared with
+    the reference as written, so a different but valid wording would count as wrong: on
+    this task (one fixed operation order per problem) that does not happen."""
+    A = out["tokens"].shape[1]
+    ref, _ = encode_answers([p["answer"] for p in problems], A)
+    found = []
+    for n in range(len(problems)):
+        if correct[n]:
+            continue
+        fwd, tok = out["fwd"][n], out["tokens"][n]
+        L = int(out["n_gen"][n])
+        wrong = [i for i in range(L) if fwd[i] >= 0 and tok[i] != ref[n, i]]
+        if not wrong:  # a cut-off answer that matched as far as it went: no committed root error
+            continue
+        i = min(wrong, key=lambda j: (int(fwd[j]), j))
+        s = i - i % block_size
+        blk = fwd[s:s + block_size]
+        # masked just before that forward: committed by it or later, or never committed
+        frontier = s + int(((blk >= fwd[i]) | (blk < 0)).nonzero()[0])
+        found.append((i - frontier, float(out["logp"][n, i].exp())))
+    return found
+
+
+def error_table(found, bands=((0, 0), (1, 3), (4, 7), (8, None))):
+    """One markdown row's cells for root_errors' output: count per distance band, median
+    confidence, and the share above 0.99."""
+    cells = [str(len(found))]
+    for lo, hi in bands:
+        cells.append(str(sum(lo <= d and (hi is None or d <= hi) for d, _ in found)))
+    conf = sorted(c for _, c in found)
+    cells.append(f"{conf[len(conf) // 2]:.3f}" if conf else "-")
+    cells.append(f"{100 * sum(c > 0.99 for c in conf) / max(len(conf), 1):.0f} %")
+    return cells
+
+
 def schedule_path(ckpt: str, block_size: int) -> str:
     """Where Ŝ of `ckpt` at `block_size` is saved: beside the checkpoint, one file per B."""
     return ckpt[:-3] + f".schedule{block_size}.json" if ckpt.endswith(".pt") else ckpt + ".json"
@@ -217,14 +261,29 @@ def main():
     ap = argparse.ArgumentParser(description="Derive, picture and replay the decoding schedule Ŝ.")
     ap.add_argument("--ckpt", default=None, help="derive Ŝ from this checkpoint's greedy traces")
     ap.add_argument("--run", default=None, help="a curriculum run directory: print the replay table")
+    ap.add_argument("--errors", nargs="+", default=None, metavar="CKPT",
+                    help="checkpoints: where their wrong answers go wrong at --block-size (root error's "
+                         "distance from the frontier and confidence), one table row each")
     ap.add_argument("--block-size", type=int, default=16, help="decode block size")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule θ for the traces")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     a = ap.parse_args()
     dev = pick_device(a.device)
-    if not (a.ckpt or a.run):
-        sys.exit("error: give --ckpt (derive Ŝ) or --run (replay table)")
+    if not (a.ckpt or a.run or a.errors):
+        sys.exit("error: give --ckpt (derive Ŝ), --run (replay table) or --errors (root errors)")
     try:
+        if a.errors:
+            print(f"Root errors of the wrong answers at B={a.block_size}, dynamic θ {a.threshold} (greedy, "
+                  "test split): distance of the earliest-committed wrong token from the block's leftmost "
+                  "mask at its forward, and its probability")
+            print("\n| checkpoint | accuracy / TPF | wrong | at frontier | 1-3 | 4-7 | >= 8 | median p | p > 0.99 |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for ck in a.errors:
+                model, meta = load_checkpoint(ck, dev)
+                problems = load_task(meta["task"])[1]
+                r = evaluate(model, problems, a.block_size, "dynamic", a.threshold)
+                cells = error_table(root_errors(r["out"], problems, r["correct"], a.block_size))
+                print(f"| {ck} | {100 * r['accuracy']:.1f} / {r['tpf']:.2f} | " + " | ".join(cells) + " |")
         if a.ckpt:
             model, meta = load_checkpoint(a.ckpt, dev)
             test_problems = load_task(meta["task"])[1]

@@ -7,7 +7,8 @@ import torch
 
 from model import save_checkpoint
 from sample import generate
-from schedule import derive_schedule, schedule_stats
+from data.task import encode_answers
+from schedule import derive_schedule, error_table, root_errors, schedule_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,3 +57,32 @@ def test_show_prints_every_block(tmp_path, tiny_model):
     # ltr: one forward per committed token; the last line shows every block boundary
     assert len(lines) >= 1 and lines[-1].count("|") == n_blocks - 1
     assert all("[" in l for l in lines)  # each forward highlights what it committed (no tty)
+
+
+def test_root_error_is_the_earliest_wrong_commit_and_its_distance_from_the_frontier():
+    """A hand-made B=8 trace of the answer '12+3=15 #### 15': forward 0 commits positions
+    0, 1 and (wrongly) 5; forward 1 commits 2-4 with a wrong 3; forward 2 the rest. The root
+    error is position 5 (committed first), 5 places right of the leftmost mask before that
+    forward: position 0, still masked until that same forward committed it."""
+    problems = [{"question": "12+3", "answer": "12+3=15 #### 15"}, {"question": "1+1", "answer": "1+1=2 #### 2"}]
+    A, B = 24, 8
+    ref, lens = encode_answers([p["answer"] for p in problems], A)
+    tokens = ref.clone()
+    tokens[0, 5] = ord("7") if ref[0, 5] != ord("7") else ord("8")  # wrong, committed at forward 0
+    tokens[0, 3] = ord("-")                                          # wrong, committed later
+    fwd = torch.full((2, A), 2)
+    fwd[0, [0, 1, 5]] = 0
+    fwd[0, 2:5] = 1
+    logp = torch.zeros(2, A)
+    logp[0, 5] = torch.tensor(0.97).log()
+    out = dict(tokens=tokens, fwd=fwd, logp=logp, n_gen=lens)
+    found = root_errors(out, problems, [False, True], B)
+    assert len(found) == 1  # the right answer is skipped
+    (d, p), = found
+    assert d == 5 and abs(p - 0.97) < 1e-6
+    # committed at the frontier: the same error at forward 0 at position 0 has distance 0
+    fwd[0, 5], fwd[0, 0] = 1, 0
+    tokens[0, 3] = ref[0, 3]
+    tokens[0, 0] = ord("9")
+    assert root_errors(out, problems, [False, True], B)[0][0] == 0
+    assert error_table([(0, 0.5), (5, 0.995), (9, 0.999)]) == ["3", "1", "0", "1", "1", "0.995", "67 %"]

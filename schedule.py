@@ -273,13 +273,13 @@ def main():
         sys.exit("error: give --ckpt (derive Ŝ), --run (replay table) or --errors (root errors)")
     try:
         if a.errors:
+            loaded = [(ck, *load_checkpoint(ck, dev)) for ck in a.errors]  # a bad path fails before any output
             print(f"Root errors of the wrong answers at B={a.block_size}, dynamic θ {a.threshold} (greedy, "
                   "test split): distance of the earliest-committed wrong token from the block's leftmost "
                   "mask at its forward, and its probability")
             print("\n| checkpoint | accuracy / TPF | wrong | at frontier | 1-3 | 4-7 | >= 8 | median p | p > 0.99 |")
             print("|---|---|---|---|---|---|---|---|---|")
-            for ck in a.errors:
-                model, meta = load_checkpoint(ck, dev)
+            for ck, model, meta in loaded:
                 problems = load_task(meta["task"])[1]
                 r = evaluate(model, problems, a.block_size, "dynamic", a.threshold)
                 cells = error_table(root_errors(r["out"], problems, r["correct"], a.block_size))

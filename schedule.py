@@ -195,8 +195,10 @@ def root_errors(out, problems, correct, block_size: int):
     wrong answer, where distance is how many places the root error stood right of the
     block's leftmost <|mask|> just before the forward that committed it (0 = at the
     frontier) and confidence the sampler's probability of it. Positions are compared with
-    the reference as written, so a different but valid wording would count as wrong: on
-    this task (one fixed operation order per problem) that does not happen."""
+    the reference as written: a wrong answer differs from it somewhere, but if the model
+    wrote a valid step the reference words otherwise, the root error found can sit before
+    the real mistake (the task's answers follow one operation order, which makes this rare;
+    not measured)."""
     A = out["tokens"].shape[1]
     ref, _ = encode_answers([p["answer"] for p in problems], A)
     found = []

@@ -1,6 +1,7 @@
 """Grade a checkpoint on the math test split: accuracy and tokens per forward.
 
     python eval_math.py --ckpt runs/default/sft4.pt --block-size 4
+    python eval_math.py --ckpt runs/default/sft4.pt --block-size 16 --samples 3 --temperature 1   # mean@3
     python eval_math.py --ckpt runs/default/tstar16.pt --block-size 16 --rule static
     python eval_math.py --ckpt runs/tstar/tstar8.pt --block-size 4,8,16 --sweep   # the frontier
     python eval_math.py --ckpt runs/mine/sft4.pt --test-jsonl my/test.jsonl   # your own GSM8K-style data
@@ -15,8 +16,9 @@ checkpoint: the curve, not one point of it, is what compares two checkpoints.
 the true context (`block_positions`): where a model trained at a small block breaks at a
 bigger one, and how confident it is there (mask dilution, docs/design.md §3).
 
-Decoding is greedy (temperature 0), so a row is a property of the weights and the rule,
-not of a sampling seed. Grading is the task's (data/task.py: the number after the last
+Decoding is greedy (temperature 0) unless --temperature is given: then --samples decodes per
+problem, each from its own seed, and the row's accuracy is their mean (the field's metric is
+`--samples 3 --temperature 1`, dynamic θ 0.9; greedy rows are a property of the weights alone). Grading is the task's (data/task.py: the number after the last
 '####', exact match; an answer that never produced <|eos|> is wrong). The Ŝ analysis of
 the traces (order statistics, grids, replay) is schedule.py's, which builds on this file.
 
@@ -68,37 +70,56 @@ def parse_list(text: str, kind=float, what="--sweep-thresholds"):
 
 @torch.no_grad()
 def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
-             steps: int = None, batch_size: int = 512, seed: int = 0, schedule=None, distance: int = 0):
-    """Greedy decoding of `problems` at `block_size` (0 = AR), commits limited to `distance` of
-    the block's leftmost mask (0 = anywhere; sample.near_frontier). Returns a dict with accuracy,
-    tpf, tokens/s and the raw decode outputs (for the schedule analysis)."""
-    model.eval()  # no dropout: a greedy decode is then a function of the weights alone
+             steps: int = None, batch_size: int = 512, seed: int = 0, schedule=None, distance: int = 0,
+             temperature: float = 0.0, samples: int = 1):
+    """Decode `problems` at `block_size` (0 = AR) `samples` times at `temperature` (0 = greedy),
+    commits limited to `distance` of the block's leftmost mask (0 = anywhere; sample.near_frontier).
+    Sample i draws from its own generator seeded seed + i, so a row is reproducible; at
+    temperature 0 every sample is the greedy decode. Returns a dict with the mean accuracy over
+    the samples (and their min and max), TPF over every decode, tokens/s, and the raw decode
+    outputs of all samples concatenated (for the schedule analysis).
+
+    mean@3 at T=1 is the field's metric (dLLM-RL scores 3 responses per problem with dynamic
+    θ 0.9 at temperature 1; T*'s "Pass@3" is most likely their mean): greedy alone flatters
+    a model whose sampled decodes go wrong."""
+    model.eval()  # no dropout: a decode is then a function of the weights (and the sample's seed)
     dev = next(model.parameters()).device
     prompts = encode_prompts([p["question"] for p in problems], model.cfg.prompt_len)
-    outs, t0 = [], time.time()
-    for i in range(0, len(problems), batch_size):
-        p = prompts[i:i + batch_size].to(dev)
-        if block_size == 0:
-            outs.append(generate_ar(model, p))
-        else:
-            outs.append(generate(model, p, block_size, rule, threshold, steps, schedule=schedule,
-                                 distance=distance))
+    outs, accs, t0 = [], [], time.time()
+    texts, correct = [], []
+    for i in range(samples):
+        gen = torch.Generator(device=dev).manual_seed(seed + i) if temperature > 0 else None
+        part = []
+        for j in range(0, len(problems), batch_size):
+            p = prompts[j:j + batch_size].to(dev)
+            if block_size == 0:
+                part.append(generate_ar(model, p, temperature, gen))
+            else:
+                part.append(generate(model, p, block_size, rule, threshold, steps, temperature, gen,
+                                     schedule=schedule, distance=distance))
+        out = {k: torch.cat([o[k] for o in part]) for k in part[0]}
+        # Graded as text, like GSM8K: the grader reads the task's '#### N' format, which is the
+        # same for generated and user JSONL data. Not finished = no <|eos|> in the answer area:
+        # cut off, so wrong whatever it says.
+        t = [decode(x) for x in out["tokens"]]
+        c = [is_correct(x, r["answer"], bool(f)) for x, r, f in zip(t, problems, out["finished"])]
+        outs.append(out)
+        texts += t
+        correct += c
+        accs.append(sum(c) / len(problems))
     if dev.type == "cuda":  # kernels run asynchronously: wait before reading the clock
         torch.cuda.synchronize()
     secs = time.time() - t0
     out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-    # Graded as text, like GSM8K: the grader reads the task's '#### N' format, which is the
-    # same for generated and user JSONL data. Not finished = no <|eos|> in the answer area:
-    # cut off, so wrong whatever it says.
-    texts = [decode(t) for t in out["tokens"]]
-    correct = [is_correct(t, r["answer"], bool(f)) for t, r, f in zip(texts, problems, out["finished"])]
-    # TPF over the whole split: every forward counts, the fused cache writes included
+    # TPF over every decode: every forward counts, the fused cache writes included
     # (sample.py), so TPF below 1 means the rule spent forwards on writing, not committing.
     # θ is None for rules that do not read it, so no row seems to depend on it.
     n_tok = out["n_gen"].sum().item()
     return dict(block_size=block_size, rule="ar" if block_size == 0 else rule,
                 threshold=threshold if rule == "dynamic" else None, distance=distance,
-                accuracy=sum(correct) / len(problems), tpf=n_tok / out["nfe"].sum().item(),
+                temperature=temperature, samples=samples,
+                accuracy=sum(accs) / samples, acc_min=min(accs), acc_max=max(accs),
+                tpf=n_tok / out["nfe"].sum().item(),
                 tokens_per_s=n_tok / secs, seconds=secs, n=len(problems), device=dev.type, seed=seed,
                 texts=texts, correct=correct, out=out)
 
@@ -216,6 +237,11 @@ def main():
     ap.add_argument("--rule", default="dynamic", choices=RULES, help="commit rule")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule confidence threshold")
     ap.add_argument("--steps", type=int, default=None, help="steps per block for static/ltr (default: block size)")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="decodes per problem, each seeded (--seed + i); accuracy is their mean (the field's "
+                         "metric: --samples 3 --temperature 1)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed of the first sample")
     ap.add_argument("--commit-distance", type=int, default=0,
                     help="commit only masks fewer than D places right of the block's leftmost mask (0 = anywhere)")
     ap.add_argument("--mask-window", type=int, default=None,
@@ -238,6 +264,8 @@ def main():
     try:
         blocks = parse_list(a.block_size, int, "--block-size")
         thresholds = parse_list(a.sweep_thresholds)
+        if a.samples < 1 or a.temperature < 0:
+            raise ValueError(f"--samples must be >= 1 and --temperature >= 0, got {a.samples}, {a.temperature}")
         if len(blocks) != 1 and not a.sweep:
             raise ValueError(f"--block-size takes one block size without --sweep, got {a.block_size!r}")
         if a.sweep and (not thresholds or 0 in blocks):
@@ -261,7 +289,8 @@ def main():
         # parallel decode is measured against; many silent decodes of the split: a bar
         for B, rule, t in tqdm(jobs, desc="sweep", unit="decode", disable=None if a.sweep else True):
             steps = None if a.sweep else a.steps
-            r = evaluate(model, problems, B, rule, a.threshold if t is None else t, steps, distance=a.commit_distance)
+            r = evaluate(model, problems, B, rule, a.threshold if t is None else t, steps, seed=a.seed,
+                         distance=a.commit_distance, temperature=a.temperature, samples=a.samples)
             results.append({k: v for k, v in r.items() if k not in ("texts", "correct", "out")})
     except (CheckpointError, DataError, ValueError) as e:
         sys.exit(f"error: {e}")
@@ -274,12 +303,15 @@ def main():
         print(json.dumps(results if a.sweep else results[0]))
     elif not a.sweep:
         row = results[0]
+        spread = (f" (mean of {a.samples} at T={a.temperature:g}: min {100 * row['acc_min']:.1f}, "
+                  f"max {100 * row['acc_max']:.1f})") if a.samples > 1 else f" (T={a.temperature:g})"
         print(f"{a.ckpt}  B={row['block_size']} rule={row['rule']} D={a.commit_distance} "
-              f"W={model.cfg.mask_window}  acc {100 * row['accuracy']:.1f}%  "
+              f"W={model.cfg.mask_window}  acc {100 * row['accuracy']:.1f}%{spread}  "
               f"TPF {row['tpf']:.2f}  {row['tokens_per_s']:.0f} tok/s  ({row['n']} problems, "
               f"{row['device']}, seed {row['seed']}, {row['seconds']:.1f}s)")
     else:
-        print(f"{a.ckpt}: {results[0]['n']} problems, greedy, {results[0]['device']}\n")
+        how = "greedy" if a.temperature == 0 else f"mean of {a.samples} at T={a.temperature:g}"
+        print(f"{a.ckpt}: {results[0]['n']} problems, {how}, {results[0]['device']}\n")
         print("| B | rule | θ | accuracy | TPF | seconds |\n|---|---|---|---|---|---|")
         for r in results:
             print(f"| {r['block_size']} | {r['rule']} | {r['threshold'] if r['threshold'] is not None else '-'} "

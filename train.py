@@ -36,6 +36,11 @@ from model import (GPT, CheckpointError, GPTConfig, add_model_args, config_from_
                    pick_device, save_checkpoint, training_layout)
 
 
+# The supervised budgets of the base, shared by train.py and curriculum.py: the arithmetic is
+# learned late, so shorter runs give a much weaker base (docs/experiments.md).
+AR_STEPS, SFT_STEPS = 2000, 1000
+
+
 def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10 % of lr. (train_loop caps the warm-up at a
     tenth of the run, so short runs such as the no-RL ladder's stages reach full lr.)"""
@@ -84,6 +89,42 @@ def sft_loss(model, prompts, answers, block_size: int, gen: torch.Generator, off
     tgt = torch.cat([torch.full_like(prompts, -1), torch.full_like(answers, -1),
                      answers.masked_fill(~m, -1)], 1)
     return ce_sum(model(idx, pos=pos, mask=mask)[0], tgt)
+
+
+def parse_block_mix(text: str, answer_len: int = None):
+    """'4:0.8,8:0.15,16:0.05' -> [(4, 0.8), (8, 0.15), (16, 0.05)]: the block sizes an SFT batch
+    is drawn at and their probabilities (they must add up to 1). A bare '4' is [(4, 1.0)].
+    One-line ValueError for anything else."""
+    mix = []
+    try:
+        for part in (x.strip() for x in text.split(",") if x.strip()):
+            B, _, p = part.partition(":")
+            mix.append((int(B), float(p) if p else 1.0))
+    except ValueError:
+        raise ValueError(f"--sft-block-mix must look like 4:0.8,8:0.15,16:0.05, got {text!r}") from None
+    if not mix or any(B <= 0 or p <= 0 for B, p in mix) or len({B for B, _ in mix}) != len(mix):
+        raise ValueError(f"--sft-block-mix needs distinct positive block sizes with positive "
+                         f"probabilities, got {text!r}")
+    if abs(sum(p for _, p in mix) - 1) > 1e-6:
+        raise ValueError(f"--sft-block-mix probabilities must add up to 1, got {text!r}")
+    if answer_len is not None and max(B for B, _ in mix) > answer_len:
+        raise ValueError(f"--sft-block-mix block size {max(B for B, _ in mix)} is larger than the "
+                         f"{answer_len}-token answer area")
+    return mix
+
+
+def draw_block(mix, gen: torch.Generator) -> int:
+    """One SFT batch's block size, drawn from `mix` with the batch's generator (every rank
+    draws the same one). A single-entry mix draws nothing, so the pure-B loss consumes the
+    random stream exactly as it did before mixes existed."""
+    if len(mix) == 1:
+        return mix[0][0]
+    u, acc = float(torch.rand(1, generator=gen, device=gen.device)), 0.0
+    for B, p in mix:
+        acc += p
+        if u < acc:
+            return B
+    return mix[-1][0]
 
 
 def window_for(B0: int, window):
@@ -192,16 +233,23 @@ def run_ar(cfg: GPTConfig, task: dict, train_rows, test_rows, steps, lr, batch_s
 
 
 def run_sft(model, task: dict, train_rows, test_rows, block_size, steps, lr, batch_size, seed=0,
-            offsets=True, log_every=10, name=None):
+            offsets=True, log_every=10, name=None, block_mix=None):
+    """Block SFT at block_size; with block_mix [(B, p), ...] every batch is drawn at B with
+    probability p instead (the base's tail of bigger blocks, ours: README, "What is ours").
+    The checkpoint is still named and evaluated as the block_size model."""
     cfg, dev = model.cfg, next(model.parameters()).device
-    print(f"block SFT at B={block_size}: {steps} steps, block offsets {'on' if offsets else 'off'}")
+    mix = block_mix or [(block_size, 1.0)]
+    shown = ", ".join(f"B={B} {p:g}" for B, p in mix)
+    print(f"block SFT ({shown}): {steps} steps, block offsets {'on' if offsets else 'off'}")
     data = [x.to(dev) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)[:2]]
     test = [x.to(dev) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)[:2]]
-    loss = train_loop(model, lambda m, b, g, part: sft_loss(m, *b, block_size, g, offsets, part), steps, lr,
-                      batch_size, data, test, seed, log_every=log_every, name=name or f"sft{block_size}",
-                      lr_flag="--sft-lr")
+    # the held-out loss is measured at block_size (a mix draws its block per training batch)
+    loss_fn = lambda m, b, g, part: sft_loss(m, *b, draw_block(mix, g) if m.training else block_size,
+                                             g, offsets, part)
+    loss = train_loop(model, loss_fn, steps, lr, batch_size, data, test, seed, log_every=log_every,
+                      name=name or f"sft{block_size}", lr_flag="--sft-lr")
     return model, dict(stage="sft", block_size=block_size, steps=steps, lr=lr, offsets=offsets,
-                       held_out_loss=loss, task=task, seed=seed)
+                       block_mix=[list(x) for x in mix], held_out_loss=loss, task=task, seed=seed)
 
 
 def main():
@@ -210,10 +258,12 @@ def main():
     ap.add_argument("--out", default="runs/default", help="directory for ar.pt / sft{B}.pt")
     ap.add_argument("--init", default=None, help="AR checkpoint for --stage sft (default: OUT/ar.pt)")
     ap.add_argument("--block-size", type=int, default=4, help="diffusion block size for SFT")
-    # Sized to finish in a few minutes on 2 cores (README, Commands); curriculum.py's base
-    # trains longer (2000 + 1000 steps) because the arithmetic is learned late.
-    ap.add_argument("--ar-steps", type=int, default=1500, help="AR pre-training steps")
-    ap.add_argument("--sft-steps", type=int, default=700, help="block SFT steps")
+    # The curriculum's base budgets (one set: curriculum.py reads these constants too)
+    ap.add_argument("--ar-steps", type=int, default=AR_STEPS, help="AR pre-training steps")
+    ap.add_argument("--sft-steps", type=int, default=SFT_STEPS, help="block SFT steps")
+    ap.add_argument("--sft-block-mix", default="",
+                    help="SFT batches drawn at several block sizes, e.g. 4:0.8,8:0.15,16:0.05 (ours: a base "
+                         "that survives bigger blocks); '' = every batch at --block-size")
     ap.add_argument("--ar-lr", type=float, default=1e-3, help="AR peak learning rate")
     ap.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak learning rate")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per step (global under torchrun)")
@@ -226,6 +276,7 @@ def main():
     a = ap.parse_args()
     try:
         a.mask_window = window_for(a.block_size, a.mask_window)  # the SFT block this base is for
+        mix = parse_block_mix(a.sft_block_mix, a.max_seq_len - a.prompt_len) if a.sft_block_mix else None
     except ValueError as e:
         sys.exit(f"error: {e}")
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
@@ -241,11 +292,15 @@ def main():
             save(os.path.join(a.out, "ar.pt"), model, meta, t0)
         if a.stage in ("sft", "both"):
             model, _ = load_checkpoint(a.init or os.path.join(a.out, "ar.pt"), dev)
+            # the window belongs to the SFT block, not to the AR file (made for --block-size 4 by
+            # default): an SFT at B=8 from it needs window 7, or its base would hide its own masks
+            model.cfg.mask_window = a.mask_window
             check_fit(train_rows + test_rows, model.cfg.prompt_len, model.cfg.answer_len,
                       fixed=a.stage == "sft")
             t0 = time.time()
             model, meta = run_sft(model, task, train_rows, test_rows, a.block_size, a.sft_steps,
-                                  a.sft_lr, a.batch_size, a.seed, not a.no_block_offsets, a.log_every)
+                                  a.sft_lr, a.batch_size, a.seed, not a.no_block_offsets, a.log_every,
+                                  block_mix=mix)
             save(os.path.join(a.out, f"sft{a.block_size}.pt"), model, meta, t0)
     except (CheckpointError, DataError, FloatingPointError) as e:
         sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why

@@ -46,7 +46,7 @@ from model import (CheckpointError, GPTConfig, add_model_args, config_from_args,
                    pick_device, save_checkpoint, write_json)
 from tracerl import add_rl_args, check_rl_args, run_tracerl
 from report import aggregate, pictures, report
-from train import run_ar, run_sft, window_for
+from train import AR_STEPS, SFT_STEPS, parse_block_mix, run_ar, run_sft, window_for
 
 # "cpu" is the argparse defaults (sized for a 2-core CPU, README). "gpu" is one flag away:
 # a 9.9M-parameter model, 4x the supervised steps at 4x the batch, 4x the rollouts per RL step
@@ -228,8 +228,8 @@ def main():
     ap.add_argument("--stages", default="4,8,16", help="block sizes, increasing, e.g. 4,8,16")
     ap.add_argument("--out", default="runs/tstar", help="run directory (resumed if it exists)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of a few minutes")
-    ap.add_argument("--ar-steps", type=int, default=2000, help="AR pre-training steps")
-    ap.add_argument("--sft-steps", type=int, default=1000, help="block SFT steps at the first stage")
+    ap.add_argument("--ar-steps", type=int, default=AR_STEPS, help="AR pre-training steps")
+    ap.add_argument("--sft-steps", type=int, default=SFT_STEPS, help="block SFT steps at the first stage")
     ap.add_argument("--ar-lr", type=float, default=1e-3, help="AR peak learning rate")
     ap.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak learning rate")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per supervised step")
@@ -239,6 +239,9 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=0,
                     help="RL steps per stage with rollouts at the previous block size")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
+    ap.add_argument("--sft-block-mix", default="",
+                    help="the base's SFT batches drawn at several block sizes, e.g. 4:0.8,8:0.15,16:0.05 (ours: "
+                         "a base that survives bigger blocks); '' = every batch at the first stage's B")
     ap.add_argument("--reach-previous", action="store_true",
                     help="at every stage after the first, rollouts and evaluation at block B commit only "
                          "within the previous stage's block size of the frontier (overrides --commit-distance there)")
@@ -253,6 +256,10 @@ def main():
                     help="direct's RL budget: T*'s total steps, or T*'s total trace rows (equal compute; "
                          "docs/experiments.md E34)")
     ap.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
+    ap.add_argument("--eval-samples", type=int, default=3,
+                    help="sampled decodes per problem for the mean@N column (dynamic θ at --eval-temperature; "
+                         "the field's metric is 3 at T=1); 0 = greedy only")
+    ap.add_argument("--eval-temperature", type=float, default=1.0, help="temperature of the mean@N decodes")
     ap.add_argument("--sweep-thresholds", default=",".join(map(str, SWEEP_THRESHOLDS)),
                     help="θ values of the frontier sweep (dynamic at each, plus static and ltr, for every "
                          "checkpoint and B: results.json, frontier.png); '' = the main table only")
@@ -284,6 +291,9 @@ def main():
         cfg = config_from_args(a)
         seeds = parse_seeds(a.seeds) if a.seeds else None
         parse_list(a.sweep_thresholds)
+        mix = parse_block_mix(a.sft_block_mix, cfg.answer_len) if a.sft_block_mix else None
+        if a.eval_samples < 0 or a.eval_temperature < 0:
+            raise ValueError("--eval-samples and --eval-temperature must be >= 0")
         check_rl_args(a)
         if a.n_prompts < dist.world():
             raise ValueError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
@@ -291,11 +301,11 @@ def main():
         sys.exit(f"error: {e}" if dist.is_main() else 1)
     try:
         if seeds is None:  # one seed, straight into --out (as before --seeds existed)
-            run_ladder(a, cfg, stages, dev, a.out, a.seed, defaults)
+            run_ladder(a, cfg, stages, dev, a.out, a.seed, defaults, mix)
         else:  # one complete ladder per training seed, then the table over seeds
             for s in seeds:
                 print(f"=== seed {s} -> {os.path.join(a.out, f'seed{s}')}", flush=True)
-                run_ladder(a, cfg, stages, dev, os.path.join(a.out, f"seed{s}"), s, defaults)
+                run_ladder(a, cfg, stages, dev, os.path.join(a.out, f"seed{s}"), s, defaults, mix)
             if dist.is_main():
                 aggregate(a.out, seeds, stages, a.eval_threshold)
     except (CheckpointError, DataError, FloatingPointError) as e:
@@ -316,12 +326,13 @@ def parse_seeds(text: str):
     return seeds
 
 
-def run_ladder(a, cfg, stages, dev, out, seed, defaults=None):
+def run_ladder(a, cfg, stages, dev, out, seed, defaults=None, mix=None):
     """The whole job for one training seed in the run directory `out`: supervised base,
     T*, direct, no-RL, evaluation, report. Every step is skipped when its checkpoint exists."""
     task = task_from_args(a)
     # Flags that do not change what is trained may differ on resume; the ladder may grow.
-    skip = {"out", "device", "stages", "eval_threshold", "seeds", "sweep_thresholds"}
+    skip = {"out", "device", "stages", "eval_threshold", "seeds", "sweep_thresholds", "eval_samples",
+            "eval_temperature"}
     settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip | {"seed"}},
                     seed=seed)
     t_start = time.time()
@@ -338,7 +349,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None):
     if not run.have(sft0, "ar"):
         model, _ = run.load("ar")
         model, meta = run_sft(model, task, train_rows, test_rows, B0, a.sft_steps, a.sft_lr,
-                              a.batch_size, seed, not a.no_block_offsets, log_every=100)
+                              a.batch_size, seed, not a.no_block_offsets, log_every=100, block_mix=mix)
         run.save(sft0, model, dict(meta, method="sft"), "ar")
     # --- T*: TraceRL at each block size from the previous stage
     parent, prev_B, steps_used, rows_used = sft0, B0, {}, {}

@@ -126,21 +126,21 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
 
 def eval_jobs(a):
     """(rule, θ) of the decodes of every checkpoint at every block size: the main table's
-    two (dynamic at --eval-threshold, static) and, unless --sweep-thresholds is empty, the
-    frontier sweep around them (dynamic at every θ, static and ltr). `a`: curriculum.py's flags."""
+    (dynamic at --eval-threshold, static and, unless --eval-samples is 0, "sampled": dynamic at
+    --eval-threshold at --eval-temperature, the mean over --eval-samples decodes: the field's
+    mean@3) and, unless --sweep-thresholds is empty, the greedy frontier sweep around them
+    (dynamic at every θ, static and ltr). `a`: curriculum.py's flags."""
     # --eval-threshold joins the sweep, so the main table's dynamic row is one of the
     # sweep's decodes (same cache key), never decoded twice
     thetas = parse_list(a.sweep_thresholds)
-    if not thetas:
-        return [("dynamic", a.eval_threshold), ("static", None)]
-    return sweep_jobs(thetas + [a.eval_threshold])
+    jobs = sweep_jobs(thetas + [a.eval_threshold]) if thetas else [("dynamic", a.eval_threshold), ("static", None)]
+    return jobs + ([("sampled", a.eval_threshold)] if a.eval_samples > 0 else [])
 
 
-def cache_key(name, B, rule, t, eval_threshold, distance):
-    """The eval.json key of one decode: checkpoint, block size, rule, θ, commit distance.
-    Static and ltr ignore θ (t None); their key keeps --eval-threshold as it did before
-    the sweep existed. Kept as it is, so the caches of existing run folders still hit."""
-    return f"{name}|{B}|{rule}|{eval_threshold if t is None else t}|{distance}"
+def cache_key(name, B, rule, t, distance, temperature=0.0, samples=1):
+    """The eval.json key of one decode: checkpoint, block size, rule, θ (None for rules that
+    ignore it), commit distance, and for sampled decodes their temperature and count."""
+    return f"{name}|{B}|{rule}|{t}|{distance}" + (f"|T{temperature:g}x{samples}" if rule == "sampled" else "")
 
 
 def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
@@ -150,9 +150,9 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
     (tokens/s then shares the machine). Returns the rows, checkpoint by checkpoint, in job order.
 
     run: the run folder (curriculum.Run: .out, .load(name), .path(name)); a: curriculum.py's
-    flags (--eval-threshold, --sweep-thresholds); distance: {B: commit distance at B}
-    (curriculum.reach); row_stats(fwd, B): extra fields of a row from its decode's traces
-    (schedule.schedule_stats, the Ŝ statistics)."""
+    flags (--eval-threshold, --sweep-thresholds, --eval-samples, --eval-temperature);
+    distance: {B: commit distance at B} (curriculum.reach); row_stats(fwd, B): extra fields of
+    a row from its decode's traces (schedule.schedule_stats, the Ŝ statistics)."""
     cache_path = os.path.join(run.out, "eval.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     results = []
@@ -161,7 +161,7 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
         # the mtime ties a cached row to this exact file: a rebuilt stage is evaluated again,
         # the untouched checkpoints are not
         stamp = os.path.getmtime(run.path(name))
-        key = lambda B, rule, t: cache_key(name, B, rule, t, a.eval_threshold, distance[B])
+        key = lambda B, rule, t: cache_key(name, B, rule, t, distance[B], a.eval_temperature, a.eval_samples)
         jobs = [(B, rule, t) for B in stages for rule, t in eval_jobs(a)]
         todo = [(B, rule, t) for B, rule, t in jobs
                 if key(B, rule, t) not in cache or cache[key(B, rule, t)]["stamp"] != stamp]
@@ -169,9 +169,12 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
         # decodes of the whole test split print nothing until done: a bar (on a terminal)
         for B, rule, t in tqdm(todo[dist.rank()::dist.world()], desc=f"eval {name}", unit="decode",
                                leave=False, disable=None if dist.is_main() else True):
-            r = evaluate(model, test_rows, B, rule, a.eval_threshold if t is None else t, seed=seed,
-                         distance=distance[B])
+            sampled = rule == "sampled"
+            r = evaluate(model, test_rows, B, "dynamic" if sampled else rule, a.eval_threshold if t is None else t,
+                         seed=seed, distance=distance[B], temperature=a.eval_temperature if sampled else 0.0,
+                         samples=a.eval_samples if sampled else 1)
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
+            row["rule"] = rule  # "sampled" rows are kept apart from the greedy frontier
             row.update(row_stats(r["out"]["fwd"], B))  # Ŝ from the same traces: no second decode
             row.update(method=name, trained_block=meta.get("block_size"), decode_block=B, stamp=stamp)
             new[key(B, rule, t)] = row
@@ -181,6 +184,8 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
         for B, rule, t in todo:
             row = cache[key(B, rule, t)]
             how = rule if t is None else f"{rule} θ={t:g}"
+            if rule == "sampled":
+                how = f"mean@{a.eval_samples} T={a.eval_temperature:g} θ={t:g}"
             print(f"eval {name:>9} @ B={B:<3} {how:>14}: acc {100 * row['accuracy']:5.1f}%  "
                   f"TPF {row['tpf']:.2f}", flush=True)
         results += [cache[key(B, rule, t)] for B, rule, t in jobs]

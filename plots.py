@@ -33,8 +33,9 @@ def _pyplot():
 def _points(rows, name, block):
     """(tpf, accuracy %, rule, θ) of one checkpoint at one decode block, sorted by TPF, so
     the line drawn through them reads left (careful) to right (bold)."""
+    # greedy decodes only: a sampled mean@N row is another metric, not a point of this curve
     return sorted((r["tpf"], 100 * r["accuracy"], r["rule"], r.get("threshold"))
-                  for r in rows if r["method"] == name and r["decode_block"] == block)
+                  for r in rows if r["method"] == name and r["decode_block"] == block and r["rule"] != "sampled")
 
 
 def frontier(rows, names, blocks, path, title=""):

@@ -53,32 +53,34 @@ def aggregate(out, seeds, stages, threshold=0.9):
         acc = [p[key]["accuracy"] for p in per_seed]
         tpf = [p[key]["tpf"] for p in per_seed]
         rows.append(dict(method=key[0], trained_block=first.get("trained_block"), decode_block=key[1],
-                         rule=key[2], threshold=key[3], seeds=seeds,
+                         rule=key[2], threshold=key[3], seeds=seeds, samples=first.get("samples", 1),
                          accuracy=sum(acc) / len(acc), accuracy_min=min(acc), accuracy_max=max(acc),
                          accuracy_per_seed=acc, tpf=sum(tpf) / len(tpf), tpf_per_seed=tpf))
     with open(os.path.join(out, "aggregate.json"), "w") as f:
         json.dump(rows, f, indent=1)
     names = list(dict.fromkeys(r["method"] for r in rows))
     by_key = {(r["method"], r["decode_block"], r["rule"], r["threshold"]): r for r in rows}
-    get = lambda k: by_key[k + ((threshold,) if k[2] == "dynamic" else (None,))]  # the main decodes
+    get = lambda k: by_key[k + ((None,) if k[2] == "static" else (threshold,))]  # the main decodes
+    rules = main_rules(rows)
     cell = lambda r: (f"{100 * r['accuracy']:.1f} ({100 * r['accuracy_min']:.1f}-{100 * r['accuracy_max']:.1f})"
                       f" / {r['tpf']:.2f}")
     lines = [f"# T* results over seeds {','.join(map(str, seeds))}: --stages {','.join(map(str, stages))}", "",
              f"Cells: mean accuracy % (min-max over the {len(seeds)} training seeds) / mean tokens per "
-             f"forward; greedy, {first['n']} test problems. Per-seed tables: seed*/results.md.", "",
-             "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
-             "|---|" + "---|---|" * len(stages)]
+             f"forward; {first['n']} test problems; dynamic and static greedy, mean@N sampled (the mean of N "
+             f"decodes at temperature 1, dynamic). Per-seed tables: seed*/results.md.", "",
+             "| checkpoint | " + " | ".join(f"B={B} {rule_name(r, rows)}" for B in stages for r in rules) + " |",
+             "|---|" + "---|" * len(rules) * len(stages)]
     for n in names:
-        lines.append(f"| {n} | " + " | ".join(cell(get((n, B, rule))) for B in stages
-                                               for rule in ("dynamic", "static")) + " |")
+        lines.append(f"| {n} | " + " | ".join(cell(get((n, B, rule))) for B in stages for rule in rules) + " |")
     if len(stages) > 1:  # the comparison the run exists for, seed by seed
         B0, Bl = stages[0], stages[-1]
-        acc = lambda m, B: get((m, B, "dynamic"))["accuracy_per_seed"]
-        gap = [100 * (t - d) for t, d in zip(acc(f"tstar{Bl}", Bl), acc(f"direct{Bl}", Bl))]
-        keep = [t / b if b else 0.0 for t, b in zip(acc(f"tstar{Bl}", Bl), acc(f"tstar{B0}", B0))]
-        lines += ["", f"T*@{Bl} minus direct@{Bl} at B={Bl} dynamic, per seed: "
-                      + ", ".join(f"{g:+.1f}" for g in gap) + " points; T*@" + f"{Bl} keeps "
-                      + ", ".join(f"{100 * k:.0f}" for k in keep) + f" % of the B={B0} model's accuracy."]
+        for rule in rules[:-1]:  # greedy, then sampled
+            acc = lambda m, B: get((m, B, rule))["accuracy_per_seed"]
+            gap = [100 * (t - d) for t, d in zip(acc(f"tstar{Bl}", Bl), acc(f"direct{Bl}", Bl))]
+            keep = [t / b if b else 0.0 for t, b in zip(acc(f"tstar{Bl}", Bl), acc(f"tstar{B0}", B0))]
+            lines += ["", f"{rule_name(rule, rows)}: T*@{Bl} minus direct@{Bl} at B={Bl}, per seed: "
+                          + ", ".join(f"{g:+.1f}" for g in gap) + " points; T*@" + f"{Bl} keeps "
+                          + ", ".join(f"{100 * k:.0f}" for k in keep) + f" % of the B={B0} model's accuracy."]
     if len(stages) > 1 and any(r["rule"] == "ltr" for r in rows):  # the sweep ran: compare on the frontier
         lines += ["", f"On the frontier, per seed (report.py --frontier {out}): each method's best accuracy at "
                       f"B={stages[-1]} above the B={stages[0]} model's TPF, and its accuracy at that TPF.", ""]
@@ -93,28 +95,44 @@ def aggregate(out, seeds, stages, threshold=0.9):
     print("\n" + text)
 
 
+def main_rules(rows):
+    """The main table's columns per block size: greedy dynamic, the sampled mean@N where the
+    run decoded it, greedy static."""
+    return ["dynamic"] + (["sampled"] if any(r["rule"] == "sampled" for r in rows) else []) + ["static"]
+
+
+def rule_name(rule, rows):
+    """A column's name: 'sampled' reads as mean@N (N from the rows)."""
+    if rule != "sampled":
+        return rule
+    return f"mean@{next(r['samples'] for r in rows if r['rule'] == 'sampled')}"
+
+
 def report(run, names, stages, results, wall, a, seed):
     """results.md, results.json and the table on stdout. The main table shows the main
     decodes (dynamic at --eval-threshold, static); the frontier table condenses the sweep.
     `wall`: the run's wall.json record, {seconds, invocations}, summed over its resumes."""
     by_key = {(r["method"], r["decode_block"], r["rule"], r["threshold"]): r for r in results}
-    # the main table's cell: static rows carry no θ, dynamic ones the --eval-threshold one
-    get = lambda k: by_key[k + ((a.eval_threshold,) if k[2] == "dynamic" else (None,))]
+    # the main table's cell: static rows carry no θ, dynamic and sampled ones the --eval-threshold one
+    get = lambda k: by_key[k + ((None,) if k[2] == "static" else (a.eval_threshold,))]
+    rules = main_rules(results)
     runs = f" (summed over {wall['invocations']} invocations)" if wall["invocations"] > 1 else ""
     lines = [f"# T* results: --stages {','.join(map(str, stages))}",
              "",
-             f"Greedy decoding of {results[0]['n']} test problems; dynamic θ = {a.eval_threshold}, "
-             f"static = one token per step. Cells: accuracy % / tokens per forward. "
+             f"{results[0]['n']} test problems. dynamic = greedy, θ = {a.eval_threshold}; "
+             + (f"mean@{a.eval_samples} = the mean accuracy of {a.eval_samples} decodes at temperature "
+                f"{a.eval_temperature:g} with the same rule (the field's metric); " if "sampled" in rules else "")
+             + f"static = greedy, one token per step. Cells: accuracy % / tokens per forward. "
              f"Device {results[0]['device']}, seed {seed}, wall time {wall['seconds'] / 60:.1f} min{runs}. "
              f"Commit distance per B (0 = anywhere in the block): "
              + ", ".join(f"B={B}: {get((names[0], B, 'static')).get('distance', 0)}" for B in stages) + ".",
              "",
-             "| checkpoint | " + " | ".join(f"B={B} dynamic | B={B} static" for B in stages) + " |",
-             "|---|" + "---|---|" * len(stages)]
+             "| checkpoint | " + " | ".join(f"B={B} {rule_name(r, results)}" for B in stages for r in rules) + " |",
+             "|---|" + "---|" * len(rules) * len(stages)]
     for n in names:
         cells = []
         for B in stages:
-            for rule in ("dynamic", "static"):
+            for rule in rules:
                 r = get((n, B, rule))
                 cells.append(f"{100 * r['accuracy']:.1f} / {r['tpf']:.2f}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
@@ -136,12 +154,13 @@ def report(run, names, stages, results, wall, a, seed):
             lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps)")
     if len(stages) > 1:
         B0, Bl = stages[0], stages[-1]
-        base = get((f"tstar{B0}", B0, "dynamic"))
-        ts, di, no = (get((f"{m}{Bl}", Bl, "dynamic")) for m in ("tstar", "direct", "norl"))
-        lines += ["", f"T* at B={Bl}: {100 * ts['accuracy']:.1f}% at TPF {ts['tpf']:.2f}, vs the B={B0} "
-                      f"model at B={B0}: {100 * base['accuracy']:.1f}% at TPF {base['tpf']:.2f} "
-                      f"(TPF x{ts['tpf'] / base['tpf']:.2f}); direct {100 * di['accuracy']:.1f}%, "
-                      f"no-RL {100 * no['accuracy']:.1f}% at B={Bl} (dynamic)."]
+        for rule in rules[:-1]:  # the one-line comparison, greedy and sampled
+            base = get((f"tstar{B0}", B0, rule))
+            ts, di, no = (get((f"{m}{Bl}", Bl, rule)) for m in ("tstar", "direct", "norl"))
+            lines += ["", f"{rule_name(rule, results)}: T* at B={Bl}: {100 * ts['accuracy']:.1f}% at TPF "
+                          f"{ts['tpf']:.2f}, vs the B={B0} model at B={B0}: {100 * base['accuracy']:.1f}% at TPF "
+                          f"{base['tpf']:.2f} (TPF x{ts['tpf'] / base['tpf']:.2f}); direct "
+                          f"{100 * di['accuracy']:.1f}%, no-RL {100 * no['accuracy']:.1f}% at B={Bl}."]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(run.out, "results.md"), "w") as f:
         f.write(text)
@@ -158,7 +177,8 @@ def frontier_section(results, names, stages, a):
     thetas = sorted({r["threshold"] for r in results if r["rule"] == "dynamic"})
     if len(thetas) < 2:
         return []
-    main = [r for r in results if (r["rule"], r["threshold"]) in (("dynamic", a.eval_threshold), ("static", None))]
+    main = [r for r in results if (r["rule"], r["threshold"]) in
+            (("dynamic", a.eval_threshold), ("static", None), ("sampled", a.eval_threshold))]
     total = sum(r["seconds"] for r in results)
     extra = total - sum(r["seconds"] for r in main)
     return (["", "Frontier (frontier.png): the best accuracy % / its TPF (decode) at each TPF floor, among "
@@ -256,7 +276,8 @@ def scale_table(folders, threshold=0.9):
 def curve(per, method, B):
     """A checkpoint's frontier at block size B: its (TPF, accuracy) points over every decode
     of the sweep (dynamic at each θ, static, ltr), sorted by TPF."""
-    return sorted((r["tpf"], r["accuracy"]) for (m, b, _, _), r in per.items() if m == method and b == B)
+    return sorted((r["tpf"], r["accuracy"]) for (m, b, rule, _), r in per.items()
+                  if m == method and b == B and rule != "sampled")
 
 
 def at_tpf(points, x):

@@ -46,7 +46,7 @@ from model import (CheckpointError, GPTConfig, add_model_args, config_from_args,
                    pick_device, save_checkpoint, write_json)
 from tracerl import add_rl_args, check_rl_args, run_tracerl
 from report import aggregate, pictures, report
-from train import AR_STEPS, SFT_STEPS, parse_block_mix, run_ar, run_sft, window_for
+from train import AR_STEPS, SFT_STEPS, run_ar, run_sft, tail_mix, window_for
 
 # "cpu" is the argparse defaults (sized for a 2-core CPU, README). "gpu" is one flag away:
 # a 9.9M-parameter model, 4x the supervised steps at 4x the batch, 4x the rollouts per RL step
@@ -239,9 +239,9 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=0,
                     help="RL steps per stage with rollouts at the previous block size")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
-    ap.add_argument("--sft-block-mix", default="",
-                    help="the base's SFT batches drawn at several block sizes, e.g. 4:0.8,8:0.15,16:0.05 (ours: "
-                         "a base that survives bigger blocks); '' = every batch at the first stage's B")
+    ap.add_argument("--sft-tail", type=float, default=0.0,
+                    help="share of the base's SFT batches drawn at the ladder's bigger block sizes, each next "
+                         "size a third as often (ours: a base that survives bigger blocks; 0 = all at the first B)")
     ap.add_argument("--reach-previous", action="store_true",
                     help="at every stage after the first, rollouts and evaluation at block B commit only "
                          "within the previous stage's block size of the frontier (overrides --commit-distance there)")
@@ -291,7 +291,7 @@ def main():
         cfg = config_from_args(a)
         seeds = parse_seeds(a.seeds) if a.seeds else None
         parse_list(a.sweep_thresholds)
-        mix = parse_block_mix(a.sft_block_mix, cfg.answer_len) if a.sft_block_mix else None
+        mix = tail_mix(stages, a.sft_tail)
         if a.eval_samples < 0 or a.eval_temperature < 0:
             raise ValueError("--eval-samples and --eval-temperature must be >= 0")
         check_rl_args(a)

@@ -260,7 +260,7 @@ def scale_row(folder, threshold=0.9):
 
 
 def scale_table(folders, threshold=0.9):
-    """The scale table (issue 11): one row per finished run folder, as markdown lines."""
+    """The scale table: one row per finished run folder, as markdown lines."""
     rows = [scale_row(f, threshold) for f in folders]
     blocks = rows[0][1]
     if any(b != blocks for _, b in rows):
@@ -369,6 +369,6 @@ if __name__ == "__main__":
                     "every decode of the sweep (dynamic θ, static, ltr) whose TPF beats the ref's; 'at ref "
                     "TPF': accuracy interpolated on the checkpoint's accuracy-TPF curve at the ref's TPF "
                     "(matched parallelism). The last column: T* keeps >= 80 % of the ref accuracy at a higher "
-                    "TPF (issue 18's bar).", ""]
+                    "TPF (our bar for the paper's effect).", ""]
         with open(a.out, "w") as f:
             f.write("\n".join(head) + "\n" + text)

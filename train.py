@@ -113,6 +113,18 @@ def parse_block_mix(text: str, answer_len: int = None):
     return mix
 
 
+def tail_mix(stages, tail: float):
+    """The base's block mix for a ladder (curriculum.py --sft-tail): the first block size with
+    probability 1 - tail, the rest of the ladder sharing `tail`, each next size a third as often
+    as the one before (4,8,16 at tail 0.2: B=4 0.8, B=8 0.15, B=16 0.05). None without a tail."""
+    if not 0 <= tail < 1:
+        raise ValueError(f"--sft-tail must be in [0, 1), got {tail}")
+    if tail == 0 or len(stages) == 1:
+        return None
+    w = [3.0 ** -i for i in range(len(stages) - 1)]
+    return [(stages[0], 1 - tail)] + [(B, tail * x / sum(w)) for B, x in zip(stages[1:], w)]
+
+
 def draw_block(mix, gen: torch.Generator) -> int:
     """One SFT batch's block size, drawn from `mix` with the batch's generator (every rank
     draws the same one). A single-entry mix draws nothing, so the pure-B loss consumes the

@@ -113,10 +113,10 @@ class FakeRun:
 
 
 def evaluations(out):
-    """evaluate_all over both checkpoints at B = 4 and 8 (dynamic at two θ, static, ltr:
-    8 decodes per checkpoint, 4 per rank under two) -> its rows, without the clock's
-    fields (tokens/s differ between runs) and the file mtime."""
-    a = argparse.Namespace(eval_threshold=0.9, sweep_thresholds="0.5")
+    """evaluate_all over both checkpoints at B = 4 and 8 (dynamic at two θ, static, ltr, and
+    the mean of 2 sampled decodes at T=1: 10 decodes per checkpoint, 5 per rank under two) ->
+    its rows, without the clock's fields (tokens/s differ between runs) and the file mtime."""
+    a = argparse.Namespace(eval_threshold=0.9, sweep_thresholds="0.5", eval_samples=2, eval_temperature=1.0)
     rows = evaluate_all(FakeRun(out), FakeRun.names, [4, 8], make_splits(1, 0, 6, 0)[1], a, 0,
                         distance={4: 0, 8: 0},
                         row_stats=lambda fwd, B: {"last_forward": int(fwd.max())})
@@ -179,11 +179,11 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
                 assert got[log][k] == pytest.approx(want[log][k], rel=1e-5, abs=1e-7), (log, k)
     assert want["rl_log"]["n_resp"] == 8 and want["rl_value_log"]["n_resp"] == 12
     # the evaluation: every decode done once, gathered back in job order, on both sides;
-    # rank 0's eval.json holds all 16 (each rank decoded half of them)
-    assert len(want["eval"]) == 16 and got["eval"] == want["eval"]
-    assert len({(r["method"], r["decode_block"], r["rule"], r["threshold"]) for r in want["eval"]}) == 16
+    # rank 0's eval.json holds all 20 (each rank decoded half of them)
+    assert len(want["eval"]) == 20 and got["eval"] == want["eval"]
+    assert len({(r["method"], r["decode_block"], r["rule"], r["threshold"]) for r in want["eval"]}) == 20
     with open(tmp_path / "ddp" / "eval_run" / "eval.json") as f:
-        assert len(json.load(f)) == 16
+        assert len(json.load(f)) == 20
 
 
 if __name__ == "__main__":  # a worker: rank RANK of WORLD_SIZE

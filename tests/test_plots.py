@@ -2,6 +2,8 @@
 without matplotlib (the end-to-end run in test_curriculum.py draws the real ones)."""
 import sys
 
+import pytest
+
 import plots
 
 
@@ -28,3 +30,15 @@ def test_pictures_skip_without_matplotlib(monkeypatch, tmp_path):
     assert plots.frontier(ROWS, ["a", "b"], [4, 8], str(tmp_path / "f.png")) is None
     assert plots.rewards([("tstar4", [0.1, 0.2], 0)], str(tmp_path / "r.png")) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sampled_rows_are_not_points_of_the_greedy_frontier():
+    """A mean@3 row (rule 'sampled') is another metric: it never wins a frontier cell."""
+    lines = plots.frontier_table(ROWS + [row("b", 4, "sampled", 0.9, 0.99, 3.5)], ["a", "b"], [4, 8])
+    assert lines[3] == "| b | - | - | - | - |"
+
+
+def test_frontier_picture_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="optional: pip install -r requirements-plots.txt")
+    path = plots.frontier(ROWS, ["a", "b"], [4, 8], str(tmp_path / "f.png"))
+    assert path and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

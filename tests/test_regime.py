@@ -111,3 +111,15 @@ def test_stage_sft_takes_its_window_from_the_block_size(tmp_path, tiny_cfg):
     bad = subprocess.run(cmd[:-2] + ["--sft-block-mix", "8:0.5,4:0.4"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "add up to 1" in bad.stderr
+
+
+def test_tail_mix_spreads_the_tail_over_the_ladder():
+    from train import tail_mix
+    assert tail_mix([4, 8, 16], 0.0) is None and tail_mix([4], 0.3) is None
+    mix = tail_mix([4, 8, 16], 0.2)
+    assert [B for B, _ in mix] == [4, 8, 16]
+    assert [p for _, p in mix] == pytest.approx([0.8, 0.15, 0.05])
+    assert tail_mix([4, 8], 0.2) == [(4, pytest.approx(0.8)), (8, pytest.approx(0.2))]
+    assert sum(p for _, p in tail_mix([4, 8, 16, 32], 0.4)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="--sft-tail"):
+        tail_mix([4, 8], 1.0)

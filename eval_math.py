@@ -24,7 +24,7 @@ the traces (order statistics, grids, replay) is schedule.py's, which builds on t
 
 `evaluate_all` is curriculum.py's evaluation: every checkpoint of a run at every block
 size, every decode of `eval_jobs` (the main table's and the frontier sweep's), cached in
-the run's eval.json by checkpoint mtime and dealt out across torchrun ranks. The commit
+the run's eval.json by the checkpoint's sha256 and dealt out across torchrun ranks. The commit
 distance per block and the Ŝ statistics per row come in as arguments from curriculum.py,
 since schedule.py imports this file.
 """
@@ -145,11 +145,12 @@ def cache_key(name, B, rule, t, distance, temperature=0.0, samples=1):
 
 def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
     """Every checkpoint of curriculum.py's run at every block size, every decode of
-    eval_jobs; cached in eval.json by file mtime so a resumed run only evaluates what changed.
+    eval_jobs; cached in eval.json by the checkpoint file's sha256 (curriculum.Run.digest, the same
+    freshness test the resume uses), so a resumed run only evaluates what changed.
     Under torchrun each checkpoint's evaluations are dealt out across ranks and gathered
     (tokens/s then shares the machine). Returns the rows, checkpoint by checkpoint, in job order.
 
-    run: the run folder (curriculum.Run: .out, .load(name), .path(name)); a: curriculum.py's
+    run: the run folder (curriculum.Run: .out, .load(name), .digest(name)); a: curriculum.py's
     flags (--eval-threshold, --sweep-thresholds, --eval-samples, --eval-temperature);
     distance: {B: commit distance at B} (curriculum.reach); row_stats(fwd, B): extra fields of
     a row from its decode's traces (schedule.schedule_stats, the Ŝ statistics)."""
@@ -158,9 +159,9 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
     results = []
     for name in names:
         model, meta = run.load(name)
-        # the mtime ties a cached row to this exact file: a rebuilt stage is evaluated again,
+        # the digest ties a cached row to these exact bytes: a rebuilt stage is evaluated again,
         # the untouched checkpoints are not
-        stamp = os.path.getmtime(run.path(name))
+        stamp = run.digest(name)
         key = lambda B, rule, t: cache_key(name, B, rule, t, distance[B], a.eval_temperature, a.eval_samples)
         jobs = [(B, rule, t) for B in stages for rule, t in eval_jobs(a)]
         todo = [(B, rule, t) for B, rule, t in jobs

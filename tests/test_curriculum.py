@@ -162,7 +162,8 @@ def test_resume_rebuilds_only_the_missing_stage(tiny_run):
             assert after[f] == before[f], f  # ar, sft4, tstar4, direct8, norl8 untouched
     assert "AR pre-training" not in p.stdout and "block SFT" not in p.stdout
     assert "tstar4 step" not in p.stdout and "tstar8 step" in p.stdout
-    # evaluation is cached by checkpoint mtime: only the rebuilt checkpoint is re-evaluated
+    # evaluation is cached by checkpoint sha256: only the rebuilt checkpoint (new bytes: its
+    # sidecar meta holds its own timing) is re-evaluated
     evals = [l.split()[1] for l in p.stdout.splitlines() if l.startswith("eval ")]
     assert evals == ["tstar8"] * 2 * len(DECODES)
     rows_after, n_rows = _rows(out)

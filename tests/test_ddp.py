@@ -94,8 +94,8 @@ def rl(ro, value):
 
 
 class FakeRun:
-    """What evaluate_all reads of curriculum.Run (.out, .path, .load): two checkpoints,
-    fresh tiny models of different seeds, whose files exist only for their mtimes."""
+    """What evaluate_all reads of curriculum.Run (.out, .digest, .load): two checkpoints,
+    fresh tiny models of different seeds, whose files exist only for their digests."""
     names = ("m0", "m1")
 
     def __init__(self, out):
@@ -107,6 +107,9 @@ class FakeRun:
     def path(self, name):
         return os.path.join(self.out, name + ".pt")
 
+    def digest(self, name):
+        return name  # stands in for the file's sha256: fixed per checkpoint
+
     def load(self, name):
         torch.manual_seed(self.names.index(name))
         return GPT(CFG), {"block_size": 4}
@@ -115,7 +118,7 @@ class FakeRun:
 def evaluations(out):
     """evaluate_all over both checkpoints at B = 4 and 8 (dynamic at two θ, static, ltr, and
     the mean of 2 sampled decodes at T=1: 10 decodes per checkpoint, 5 per rank under two) ->
-    its rows, without the clock's fields (tokens/s differ between runs) and the file mtime."""
+    its rows, without the clock's fields (tokens/s differ between runs) and the checkpoint's digest."""
     a = argparse.Namespace(eval_threshold=0.9, sweep_thresholds="0.5", eval_samples=2, eval_temperature=1.0)
     rows = evaluate_all(FakeRun(out), FakeRun.names, [4, 8], make_splits(1, 0, 6, 0)[1], a, 0,
                         distance={4: 0, 8: 0},

@@ -242,7 +242,8 @@ def main():
                     help="decode block size (0 = AR decoding); with --sweep a list, e.g. 4,8,16")
     ap.add_argument("--rule", default="dynamic", choices=RULES, help="commit rule")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule confidence threshold")
-    ap.add_argument("--steps", type=int, default=None, help="steps per block for static/ltr (default: block size)")
+    ap.add_argument("--steps-per-block", type=int, default=None,
+                    help="denoising steps per block for static/ltr (default: the block size, one token a step)")
     ap.add_argument("--samples", type=int, default=1,
                     help="decodes per problem, each seeded (--seed + i); accuracy is their mean (the field's "
                          "metric: --samples 3 --temperature 1)")
@@ -294,7 +295,7 @@ def main():
         # the sweep's static and ltr take one token per step (steps = B): the floor every
         # parallel decode is measured against; many silent decodes of the split: a bar
         for B, rule, t in tqdm(jobs, desc="sweep", unit="decode", disable=None if a.sweep else True):
-            steps = None if a.sweep else a.steps
+            steps = None if a.sweep else a.steps_per_block
             r = evaluate(model, problems, B, rule, a.threshold if t is None else t, steps, seed=a.seed,
                          distance=a.commit_distance, temperature=a.temperature, samples=a.samples)
             results.append({k: v for k, v in r.items() if k not in ("texts", "correct", "out")})

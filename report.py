@@ -84,7 +84,7 @@ def aggregate(out, seeds, stages, threshold=0.9):
     if len(stages) > 1 and any(r["rule"] == "ltr" for r in rows):  # the sweep ran: compare on the frontier
         lines += ["", f"On the frontier, per seed (report.py --frontier {out}): each method's best accuracy at "
                       f"B={stages[-1]} above the B={stages[0]} model's TPF, and its accuracy at that TPF.", ""]
-        lines += frontier_table([out], threshold)
+        lines += matched_tpf_table([out], threshold)
         path = os.path.join(out, "frontier.png")
         drawn = plots.frontier(rows, names, stages, path, f"mean over training seeds {','.join(map(str, seeds))}")
         lines += ["", "![the frontier, mean over seeds](frontier.png)" if drawn else
@@ -313,7 +313,7 @@ def frontier_rows(folder, threshold=0.9):
     return rows, B0, Bl
 
 
-def frontier_table(folders, threshold=0.9):
+def matched_tpf_table(folders, threshold=0.9):
     """The frontier comparison over run folders (one seed or a --seeds parent each), as
     markdown lines: one row per folder and seed, then the T*-direct gap at matched TPF."""
     lines = []
@@ -351,7 +351,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = ap.parse_args()
     runs = a.scale or a.frontier
-    table = scale_table(runs, a.threshold) if a.scale else frontier_table(runs, a.threshold)
+    table = scale_table(runs, a.threshold) if a.scale else matched_tpf_table(runs, a.threshold)
     text = "\n".join(table) + "\n"
     print(text, end="")
     if a.out:  # the file says how it was made and how to read it

@@ -14,7 +14,7 @@ from data.task import is_correct
 from model import GPTConfig
 from sample import commit_ranks, generate
 from rollouts import group_advantages
-from tracerl import add_rl_args, policy_loss, rl_step, run_tracerl
+from tracerl import RLConfig, add_rl_args, policy_loss, rl_step, run_tracerl
 from traces import round_ranks, row_logprobs, trace_rows
 from train import run_ar, run_sft
 
@@ -216,35 +216,27 @@ def test_positive_advantage_update_raises_row_logprob(tiny_model, prompts, tiny_
 # ----------------------------------------------------------------------------- rl_step
 
 def rl_args(**kw):
+    """The RL settings at the flags' defaults (block size 8, one step), `kw` overriding."""
     ap = argparse.ArgumentParser()
     add_rl_args(ap)
-    a = ap.parse_args([])
-    a.block_size = a.rollout_block_size = 8
-    a.steps = 1
-    for k, v in kw.items():
-        setattr(a, k, v)
-    return a
+    return RLConfig.from_args(ap.parse_args([]), **{"block_size": 8, "steps": 1, **kw})
 
 
-@pytest.mark.parametrize("rollout_block_size,shrink,temperature", [(8, 1, 1.0), (4, 1, 1.0), (8, 2, 1.0),
-                                                                   (8, 1, 1.3), (4, 1, 1.3)])
-def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows, rollout_block_size, shrink,
-                                           temperature):
+@pytest.mark.parametrize("shrink,temperature", [(1, 1.0), (2, 1.0), (1, 1.3), (2, 1.3)])
+def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows, shrink, temperature):
     """π_old matches the training-layout recomputation, so the first (single) update sees
-    ρ = 1: no clipping and zero KL. With rollouts at another block size (the warm-up), or
-    with shrinkage (a merged round masks tokens the sampler saw committed), this only holds
-    because π_old is recomputed in the training layout: with the recorded log-probs, shrink 2
-    gave clip 0.012 and KL 0.00126 here. At --temperature 1.3 the update's log-probs are the
-    tempered policy's, as the sampler's are."""
+    ρ = 1: no clipping and zero KL. With shrinkage (a merged round masks tokens the sampler
+    saw committed) this only holds because π_old is recomputed in the training layout: with
+    the recorded log-probs, shrink 2 gave clip 0.012 and KL 0.00126 here. At --temperature
+    1.3 the update's log-probs are the tempered policy's, as the sampler's are."""
     # An untrained model never earns the real reward; grade on answer length parity
     # instead so groups have variance and rows get built.
     monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
-    a = rl_args(n_prompts=3, k=4, lr=1e-3, rollout_block_size=rollout_block_size, micro_batch=7,
-                shrink=shrink, temperature=temperature)
+    a = rl_args(n_prompts=3, k=4, lr=1e-3, micro_batch=7, shrink=shrink, temperature=temperature)
     # the same rollouts rl_step will draw (same generator seed, same weights)
-    ro = rollouts.rollout(m, level1_rows, a.n_prompts, a.k, rollout_block_size, a.threshold,
-                          torch.Generator().manual_seed(0), temperature=temperature)
+    ro = rollouts.rollout(m, level1_rows, torch.Generator().manual_seed(0), n_prompts=a.n_prompts, k=a.k,
+                          block_size=a.block_size, threshold=a.threshold, temperature=temperature)
     adv = group_advantages(ro["reward"])[0].view(-1)
     opt = torch.optim.AdamW(m.parameters(), lr=a.lr)
     before = [p.detach().clone() for p in m.parameters()]
@@ -270,31 +262,6 @@ def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_
     log = rl_step(m, opt, level1_rows, a, torch.Generator().manual_seed(0))
     assert (log["reward"], log["kept"], log["n_resp"], log["rows"]) == (0.0, 0, 0, 0)
     assert all(torch.equal(p, q) for p, q in zip(before, m.parameters()))
-
-
-def test_dynamic_sampling_draws_until_enough_groups_have_signal(monkeypatch, tiny_model, level1_rows):
-    """--min-groups: rl_step keeps drawing --n-prompts prompts until that many groups have
-    reward variance (capped by --max-draws), and the update uses every drawn response."""
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
-    calls = []
-    real = rollouts.rollout
-    # rl_step looks `rollout` up in tracerl's namespace (its `from rollouts import`)
-    monkeypatch.setattr(tracerl, "rollout", lambda *args, **kw: calls.append(1) or real(*args, **kw))
-    for min_groups, max_draws in ((0, 4), (10 ** 6, 3)):
-        calls.clear()
-        m = copy.deepcopy(tiny_model)
-        a = rl_args(n_prompts=2, k=4, min_groups=min_groups, max_draws=max_draws)
-        log = rl_step(m, torch.optim.AdamW(m.parameters(), lr=1e-3), level1_rows, a,
-                      torch.Generator().manual_seed(0))
-        draws = 1 if min_groups == 0 else max_draws  # an unreachable target stops at the cap
-        assert len(calls) == draws and log["prompts"] == 2 * draws
-        assert log["clip"] == 0.0 and abs(log["kl"]) < 1e-9  # merged rollouts stay on-policy
-    # a reachable target stops as soon as it is met
-    calls.clear()
-    m = copy.deepcopy(tiny_model)
-    log = rl_step(m, torch.optim.AdamW(m.parameters(), lr=1e-3), level1_rows,
-                  rl_args(n_prompts=2, k=4, min_groups=1, max_draws=50), torch.Generator().manual_seed(0))
-    assert log["kept"] >= 1 and len(calls) == log["prompts"] // 2 < 50
 
 
 # ----------------------------------------------------------------------------- learning
@@ -336,7 +303,7 @@ def expected_reward(model, pool, k=8):
 
 
 def _rl(model, pool, seed=0):
-    a = rl_args(block_size=4, rollout_block_size=4, steps=20, lr=3e-4, n_prompts=8, k=8)
+    a = rl_args(block_size=4, steps=20, lr=3e-4, n_prompts=8, k=8)
     return run_tracerl(model, pool, a, name="test-rl", seed=seed)
 
 

@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from data.task import is_correct
 from model import GPTConfig
 from sample import commit_ranks, generate
 from rollouts import group_advantages
-from tracerl import RLConfig, add_rl_args, policy_loss, rl_step, run_tracerl
+from tracerl import RLConfig, add_rl_args, k3, policy_loss, rl_step, run_tracerl
 from traces import round_ranks, row_logprobs, trace_rows
 from train import run_ar, run_sft
 
@@ -166,15 +167,26 @@ def test_policy_loss_clipping_engages():
     assert policy_loss(OLD + d2, OLD, torch.zeros(4), W)[1].item() == 0.0
 
 
+def test_k3_by_hand():
+    """tracerl.k3 itself: exp(−δ) − 1 + δ, 0 only at δ = 0 and positive on either side."""
+    assert k3(torch.zeros(3, dtype=torch.float64)).tolist() == [0.0, 0.0, 0.0]
+    d = torch.tensor([1.0, -1.0, math.log(2)], dtype=torch.float64)
+    want = [math.exp(-1), math.e - 2, 0.5 - 1 + math.log(2)]  # e^-1; e - 2; 1/2 - 1 + ln 2
+    assert k3(d).tolist() == pytest.approx(want, rel=1e-12)
+    x = torch.linspace(-5, 5, 101, dtype=torch.float64)
+    assert (k3(x[x.abs() > 1e-9]) > 0).all()
+
+
 def test_policy_loss_k3_term():
     delta = torch.tensor([0.3, -0.2, 0.0, 1.0])
     new = (OLD + delta).requires_grad_()
     beta = 0.05
     loss, _, kl = policy_loss(new, OLD, torch.zeros(4), W, beta=beta)
-    k3 = torch.exp(-delta) - 1 + delta
-    assert (k3 >= 0).all()
-    assert loss.item() == pytest.approx(beta * (W * k3).sum().item(), rel=1e-6)
-    assert kl.item() == pytest.approx(k3.mean().item(), rel=1e-6)
+    # k3 at these δ, by hand: e^-0.3 - 0.7, e^0.2 - 1.2, 0, e^-1
+    want = torch.tensor([math.exp(-0.3) - 0.7, math.exp(0.2) - 1.2, 0.0, math.exp(-1)])
+    assert k3(delta).tolist() == pytest.approx(want.tolist(), abs=1e-6)
+    assert loss.item() == pytest.approx(beta * (W * want).sum().item(), rel=1e-5)
+    assert kl.item() == pytest.approx(want.mean().item(), rel=1e-5)
     loss.backward()
     assert torch.allclose(new.grad, beta * W * (1 - torch.exp(-delta)))
     # with the clip engaged and beta > 0 only the k3 gradient is left
@@ -253,6 +265,23 @@ def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows,
     assert log["loss"] == pytest.approx(want, abs=1e-5)
 
 
+def test_clip_and_kl_act_only_with_several_updates(monkeypatch, tiny_model, level1_rows):
+    """--updates 1: the one step is taken at the sampling weights, so ρ = 1 and the logged clip
+    fraction and KL are exactly 0 (the update is group-normalised policy gradient). --updates 4
+    on the same rollouts: steps 2-4 run at weights the earlier steps moved, so ρ ≠ 1, PPO's
+    clip cuts some tokens and the k3 KL to π_old is positive."""
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    logs = {}
+    for updates in (1, 4):
+        m = copy.deepcopy(tiny_model)
+        a = rl_args(n_prompts=3, k=4, lr=3e-2, updates=updates)
+        logs[updates] = rl_step(m, torch.optim.AdamW(m.parameters(), lr=a.lr), level1_rows, a,
+                                torch.Generator().manual_seed(0))
+    assert logs[1]["rows"] == logs[4]["rows"] > 0  # the same rollouts and rows
+    assert logs[1]["clip"] == 0.0 and abs(logs[1]["kl"]) < 1e-9
+    assert logs[4]["clip"] > 0.0 and logs[4]["kl"] > 1e-4, logs[4]
+
+
 def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_rows):
     monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: False)
     m = copy.deepcopy(tiny_model)
@@ -315,7 +344,8 @@ def test_tracerl_raises_reward(level1_sft):
         hist = _rl(m, pool)
         r1 = expected_reward(m, pool)
     assert 0.05 < r0 < 0.6  # the base has signal to learn from and room to improve
-    assert len(hist) == 20 and all(h["clip"] < 0.5 for h in hist)
+    # --updates 1: every update is taken at the sampling weights, so ρ = 1 and nothing is clipped
+    assert len(hist) == 20 and all(h["clip"] == 0.0 and abs(h["kl"]) < 1e-6 for h in hist)
     assert r1 > r0 + 0.05, (r0, r1)
 
 

@@ -103,7 +103,9 @@ def test_end_to_end_outputs(tiny_run):
     assert set(rows) == want and n_rows == len(want) == N_ROWS
     for r in rows.values():
         assert r["n"] == 20 and 0.0 <= r["accuracy"] <= 1.0 and r["tpf"] > 0 and r["device"] == "cpu"
-        assert r["left_to_right"] is not None and "stamp" not in r
+        assert 0.0 <= r["left_to_right"] <= 1.0 and "stamp" not in r
+        if r["rule"] == "ltr":  # one leftmost token per step: every step left to right (schedule.py)
+            assert r["left_to_right"] == 1.0
         assert r["distance"] == 0 and r["trained_block"] in (4, 8)
     # static and ltr commit one token per step: never more than one token per forward
     assert all(r["tpf"] <= 1.0 for k, r in rows.items() if k[2] in ("static", "ltr"))

@@ -115,7 +115,7 @@ def evaluations(out):
     """evaluate_all over both checkpoints at B = 4 and 8 (dynamic at two θ, static, ltr:
     8 decodes per checkpoint, 4 per rank under two) -> its rows, without the clock's
     fields (tokens/s differ between runs) and the file mtime."""
-    a = argparse.Namespace(eval_threshold=0.9, sweep_thresholds="0.5")
+    a = argparse.Namespace(eval_threshold=0.9, sweep_thresholds="0.5", eval_samples=0, eval_temperature=1.0)
     rows = evaluate_all(FakeRun(out), FakeRun.names, [4, 8], make_splits(1, 0, 6, 0)[1], a, 0,
                         distance={4: 0, 8: 0},
                         row_stats=lambda fwd, B: {"last_forward": int(fwd.max())})

@@ -22,8 +22,11 @@ it was trained from (docs/design.md §8):
 
 Reconstructed, not copied: the paper's body is not public to us. Its abstract fixes
 the idea (AR-initialised small-block MDM, TraceRL per block size, progressive growth);
-the stage budget rule (a reward target with a step cap), the no-RL ladder and the
-direct baseline's budget are our choices (README, "What is ours").
+the stage budget (a step cap per stage), the no-RL ladder and the direct baseline's
+budget are our choices (README, "What is ours"). The curriculum's research options of
+round 3 (a warm-up at the old block size, commit distances per stage or spread over a
+group, a reward target, a reference at the base) were removed in issue 28
+(docs/experiments.md names the commit that last had each).
 
 Under torchrun (dist.py) every stage is data parallel: supervised batches and RL prompts
 are split across ranks, rank 0 writes the checkpoints, settings, evaluation cache and
@@ -44,7 +47,7 @@ from eval_math import SWEEP_THRESHOLDS, evaluate_all, parse_list
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, file_sha256, load_checkpoint,
                    pick_device, save_checkpoint, write_json)
-from tracerl import add_rl_args, check_rl_args, run_tracerl
+from tracerl import RLConfig, add_rl_args, run_tracerl
 from report import aggregate, pictures, report
 from train import AR_STEPS, SFT_STEPS, run_ar, run_sft, tail_mix, window_for
 
@@ -165,58 +168,18 @@ class Run:
         return self.wall
 
 
-def reach(a, stages, B):
-    """The commit distance used at block size B, for rollouts and evaluation alike: with
-    --reach-previous, a stage after the first commits only within the previous stage's block
-    size of the frontier (the distance the model already handles); else --commit-distance."""
-    if a.reach_previous and B in stages[1:]:
-        return stages[stages.index(B) - 1]
-    return a.commit_distance
-
-
-def grown_spread(B0: int, B: int, k: int):
-    """--grow-spread (ours): the K commit distances of a group at block size B, evenly from
-    the first stage's block B0 (where the model is competent) up to B itself, written 0
-    (anywhere). A T* stage thus spreads its samples over distances up to its own block, the
-    spread growing with the stage; direct draws from the last block's spread at once. At B0
-    itself every sample decodes anywhere: no spread (None)."""
-    if B <= B0:
-        return None
-    return [0 if d >= B else d for d in (B0 + round(j * (B - B0) / max(1, k - 1)) for j in range(k))]
-
-
-def spread(a, stages, B):
-    """The rollout spread at block size B (tracerl --reach-spread): grown per stage with
-    --grow-spread, else --reach-spread as given (None = every sample at reach(a, stages, B))."""
-    return grown_spread(stages[0], B, a.k) if a.grow_spread else a.reach_spread
-
-
-def rl_stage(run, name, parent, block_size, prev_block_size, steps, problems, a, seed, stages, max_rows=0):
-    """TraceRL at block_size from checkpoint `parent` (trained at prev_block_size), saved as
-    `name` (skipped if present and still `parent`'s child). With --ref-kl the reference is
-    the stage's start (`--ref-to stage`) or the first SFT model (`--ref-to base`)."""
+def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0):
+    """TraceRL at block_size from checkpoint `parent`, saved as `name` (skipped if present
+    and still `parent`'s child): at most `steps` RL steps, or until its trace rows reach
+    max_rows (0 = no row budget). With --ref-kl the reference is the stage's start."""
     if run.have(name, parent):
         return run.load(name)[1]
     model, meta = run.load(parent)
-    ref = run.load(f"sft{stages[0]}")[0] if a.ref_kl > 0 and a.ref_to == "base" else None
-    ra = argparse.Namespace(**vars(a))
-    ra.block_size, ra.steps, ra.max_rows = block_size, steps, max_rows
-    hist = []
-    if a.warmup_steps and prev_block_size != block_size:
-        # The TraceRL authors' block-enlargement warm-up: train with the new block mask
-        # on rollouts still decoded at the old block size.
-        ra.rollout_block_size, ra.steps, ra.target_reward = prev_block_size, a.warmup_steps, 0.0
-        ra.commit_distance = reach(a, stages, prev_block_size)
-        ra.reach_spread = spread(a, stages, prev_block_size)
-        hist += run_tracerl(model, problems, ra, name=f"{name}-warmup", seed=seed, ref=ref)
-        ra.steps, ra.target_reward = steps - len(hist), a.target_reward
-    ra.rollout_block_size, ra.commit_distance = block_size, reach(a, stages, block_size)
-    ra.reach_spread = spread(a, stages, block_size)
-    if ra.reach_spread:
-        print(f"{name}: rollout commit distances per group {ra.reach_spread} (0 = anywhere)", flush=True)
+    cfg = RLConfig.from_args(a, block_size=block_size, steps=steps, max_rows=max_rows)
     t0 = time.time()
-    # seed + 1: after a warm-up (which used `seed`) the new-B rollouts draw fresh prompts
-    hist += run_tracerl(model, problems, ra, name=name, seed=seed + 1, ref=ref)
+    # seed + 1: the stream every stage has drawn from (a removed warm-up used `seed`), so
+    # runs made before issue 28 reproduce
+    hist = run_tracerl(model, problems, cfg, name=name, seed=seed + 1)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
                 rl_history=hist, rl_seconds=time.time() - t0)
     run.save(name, model, meta, parent)
@@ -236,21 +199,10 @@ def main():
     ap.add_argument("--stage-steps", type=int, default=30, help="RL step cap per T* stage")
     ap.add_argument("--first-stage-steps", type=int, default=10,
                     help="RL step cap at the first block size")
-    ap.add_argument("--warmup-steps", type=int, default=0,
-                    help="RL steps per stage with rollouts at the previous block size")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
     ap.add_argument("--sft-tail", type=float, default=0.0,
                     help="share of the base's SFT batches drawn at the ladder's bigger block sizes, each next "
                          "size a third as often (ours: a base that survives bigger blocks; 0 = all at the first B)")
-    ap.add_argument("--reach-previous", action="store_true",
-                    help="at every stage after the first, rollouts and evaluation at block B commit only "
-                         "within the previous stage's block size of the frontier (overrides --commit-distance there)")
-    ap.add_argument("--grow-spread", action="store_true",
-                    help="each stage's rollouts spread a group's K samples over commit distances from the "
-                         "first block size up to the stage's own (ours; overrides --reach-spread)")
-    ap.add_argument("--ref-to", default="stage", choices=["stage", "base"],
-                    help="the frozen reference of --ref-kl: the stage's starting weights, or the first "
-                         "block SFT model (sft{B0}) for every stage")
     add_model_args(ap)
     ap.add_argument("--direct-budget", default="steps", choices=["steps", "rows"],
                     help="direct's RL budget: T*'s total steps, or T*'s total trace rows (equal compute; "
@@ -294,7 +246,6 @@ def main():
         mix = tail_mix(stages, a.sft_tail)
         if a.eval_samples < 0 or a.eval_temperature < 0:
             raise ValueError("--eval-samples and --eval-temperature must be >= 0")
-        check_rl_args(a)
         if a.n_prompts < dist.world():
             raise ValueError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
     except ValueError as e:
@@ -352,15 +303,15 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None, mix=None):
                               a.batch_size, seed, not a.no_block_offsets, log_every=100, block_mix=mix)
         run.save(sft0, model, dict(meta, method="sft"), "ar")
     # --- T*: TraceRL at each block size from the previous stage
-    parent, prev_B, steps_used, rows_used = sft0, B0, {}, {}
+    parent, steps_used, rows_used = sft0, {}, {}
     for i, B in enumerate(stages):
         cap = a.first_stage_steps if i == 0 else a.stage_steps
         # seed + 100 * i: every stage draws its own prompts and samples (a shared stream
         # would make stage 8 start by replaying stage 4's first rollouts)
-        meta = rl_stage(run, f"tstar{B}", parent, B, prev_B, cap, train_rows, a, seed + 100 * i, stages)
+        meta = rl_stage(run, f"tstar{B}", parent, B, cap, train_rows, a, seed + 100 * i)
         steps_used[B] = len(meta["rl_history"])
         rows_used[B] = sum(h["rows"] for h in meta["rl_history"])
-        parent, prev_B = f"tstar{B}", B
+        parent = f"tstar{B}"
     # --- direct: the last block size straight from the SFT model, T*'s total RL steps
     B_last = stages[-1]
     if len(stages) > 1:
@@ -372,8 +323,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None, mix=None):
         n_steps, max_rows = sum(steps_used.values()), 0
         if a.direct_budget == "rows":
             n_steps, max_rows = 3 * n_steps, sum(rows_used.values())
-        rl_stage(run, f"direct{B_last}", sft0, B_last, B_last, n_steps, train_rows, a, seed + 1000, stages,
-                 max_rows)
+        rl_stage(run, f"direct{B_last}", sft0, B_last, n_steps, train_rows, a, seed + 1000, max_rows)
     # --- no-RL: the same ladder with supervised updates instead of RL
     parent = sft0
     for B in stages[1:]:
@@ -388,10 +338,10 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None, mix=None):
     # --- evaluation
     names = [sft0] + [f"tstar{B}" for B in stages] + \
             ([f"direct{B_last}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
-    # Ŝ statistics and commit distances are handed in: schedule.py imports eval_math, and
-    # reach is the curriculum's rule, so eval_math imports neither
+    # Ŝ statistics are handed in (schedule.py imports eval_math); every B decodes at
+    # --commit-distance, as the rollouts did
     results = evaluate_all(run, names, stages, test_rows, a, seed,
-                           distance={B: reach(a, stages, B) for B in stages}, row_stats=schedule_stats)
+                           distance={B: a.commit_distance for B in stages}, row_stats=schedule_stats)
     if dist.is_main():
         report(run, names, stages, results, run.add_time(), a, seed)
         pictures(run, names, stages, results)

@@ -45,7 +45,6 @@ from data.tokenizer import EOS_ID, MASK_ID, decode
 from model import CheckpointError, KVCache, load_checkpoint, pick_device
 
 RULES = ("dynamic", "static", "ltr", "schedule")
-GIVEN = -2  # fwd of a token written in before decoding (a hint), not sampled; -1 = never decoded
 
 
 def policy_logprobs(logits, temperature: float):
@@ -61,24 +60,19 @@ def top_k(score, cand, k: int):
     return torch.zeros_like(cand).scatter_(1, top, True) & cand
 
 
-def near_frontier(masked, distance):
+def near_frontier(masked, distance: int):
     """Commit distance (ours): of the masked positions [n, Tb], the candidates fewer than
-    `distance` places right of the row's leftmost mask (0 = every masked position).
-    `distance` is one int for every row, or a [n] tensor of per-row distances (a rollout
-    group whose samples decode with a spread of distances, tracerl --reach-spread). With
+    `distance` places right of the row's leftmost mask (0 = every masked position). With
     distance = 4 a B=16 block is decoded like a sliding B=4 block; raising it lets the
     model commit further ahead of the filled-in frontier, where a small-block model is
     confidently wrong (docs/design.md §5). Log-probs are unaffected: it only narrows
     which sampled tokens may be committed."""
-    if isinstance(distance, int):
-        if distance <= 0:
-            return masked
-        distance = torch.full((masked.shape[0],), distance, device=masked.device)
-    d = torch.where(distance > 0, distance, masked.shape[1])  # 0: anywhere in the block
+    if distance <= 0:
+        return masked
     idx = torch.arange(masked.shape[1], device=masked.device)
     # leftmost mask; a row with no mask gets 0, harmless: it has no candidate anyway
     first = masked.long().argmax(1)
-    return masked & (idx[None, :] < (first + d)[:, None])
+    return masked & (idx[None, :] < (first + distance)[:, None])
 
 
 def commit_ranks(fwd, block_size: int):
@@ -138,15 +132,11 @@ def block_done(blk):
 @torch.no_grad()
 def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
              steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
-             schedule=None, distance: int = 0, given=None):
+             schedule=None, distance: int = 0):
     """Decode the answer area for a batch of left-padded prompts [N, P].
 
     distance > 0 limits commits to masks fewer than `distance` places right of the block's
-    leftmost mask (`near_frontier`); 0 = anywhere in the block. A [N] tensor gives every
-    prompt row its own distance; a [N] tensor `threshold` gives every row its own θ
-    (the rollout spreads of rollouts.py). `given` [N, A] (<|mask|> where nothing is given)
-    writes tokens into the answer area before decoding (the hints of rollouts --hint-samples):
-    they are never sampled, count as context in every state, and have fwd GIVEN (-2).
+    leftmost mask (`near_frontier`); 0 = anywhere in the block.
 
     rule "schedule" replays a fixed schedule Ŝ (schedule.py): a list whose j-th entry holds
     the in-block positions to commit at a block's j-th step, whatever the confidences.
@@ -164,15 +154,7 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
     N, A = prompts.shape[0], cfg.answer_len
     k_static = math.ceil(block_size / (steps or block_size))
     tokens, fwd, logp, nfe, done, cache = decode_state(cfg, N, dev)
-    if given is not None:
-        given = given.to(dev)
-        is_given = given != MASK_ID
-        tokens, fwd = torch.where(is_given, given, tokens), fwd.masked_fill(is_given, GIVEN)
     alive = torch.arange(N, device=dev)  # batch indices of the sequences still decoding (in the cache)
-    if torch.is_tensor(distance):  # per-row distances follow their rows as rows finish
-        distance = distance.to(dev)
-    if torch.is_tensor(threshold):  # and so do per-row thresholds
-        threshold = threshold.to(dev)
     pending, pending_bid = prompts, -1
     for b, start in enumerate(range(0, A, block_size)):
         end = min(start + block_size, A)
@@ -182,10 +164,6 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             masked = blk == MASK_ID
             need = masked.any(1) & ~done[alive]
             if not need.any():
-                if j == 0 and pending.shape[1]:
-                    # hints filled this block in every row: nothing to decode, but the clean
-                    # tokens still pending (the prompt, or the last block) must enter the cache
-                    model.decode_step(cache, pending, pending_bid, blk, b)
                 break
             logits = model.decode_step(cache, pending, pending_bid, blk, b).float()
             # weights blown up by an update: say so, not a multinomial error (-inf is fine:
@@ -202,11 +180,9 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
             # The commit rule. cand: the masked positions it may commit (all of them, or
             # those within the commit distance); conf: each sampled token's probability.
-            reach = distance[alive] if torch.is_tensor(distance) else distance
-            theta = threshold[alive, None] if torch.is_tensor(threshold) else threshold
-            cand, conf = near_frontier(masked, reach), lp.exp()
+            cand, conf = near_frontier(masked, distance), lp.exp()
             if rule == "dynamic":  # everything above θ, else the single most confident one
-                commit = cand & (conf >= theta)
+                commit = cand & (conf >= threshold)
                 commit |= top_k(conf, cand, 1) & ~commit.any(1, keepdim=True)
             elif rule == "static":  # the k most confident
                 commit = top_k(conf, cand, k_static)

@@ -4,10 +4,16 @@
     python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --value-model --out runs/x/rl8v.pt
     torchrun --nproc_per_node 2 tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --out runs/x/rl8.pt
 
+At the default --updates 1 the update is a group-normalised policy gradient, −Σ w·A·∇log π:
+its one optimiser step is taken at the weights that sampled, so the ratio ρ = π_θ / π_old is
+1 on every token, PPO's clip never engages and the k3 KL to π_old and its gradient are 0.
+The clip and that KL are written out below because --updates U > 1 (U optimiser steps on the
+same rows) is where they act: from the second step on ρ ≠ 1.
+
 One RL step reads top to bottom as: rollouts -> rewards -> advantages -> trace rows -> update
 (steps 1-3 are rollouts.py's, 4 is traces.py's; this file is the update's maths and the loop).
   1. rollouts: P prompts x K samples at temperature 1 (--temperature: then the policy is
-     the tempered one throughout), dynamic decoding at the rollout block size, with the
+     the tempered one throughout), dynamic decoding at the stage's block size, with the
      trace (the forward that committed every token) and log-probs recorded;
   2. reward: 1 if the graded answer is right, else 0 (no eos = 0);
   3. advantage: z-score within each prompt's K samples (population std, 0 when std = 0);
@@ -15,25 +21,19 @@ One RL step reads top to bottom as: rollouts -> rewards -> advantages -> trace r
   4. trace rows: the trace is cut into rounds; in round r every block's r-th (merged) step
      gives the targets, and every position decoded at that step or later is masked, i.e.
      exactly the state the sampler saw (TraceRL's trajectory-aware training);
-  5. update: PPO-clip on ρ = π_θ / π_old per target token plus a k3 KL penalty, summed
-     over a response and divided by its length, fp32 log-probs, grad clip, AdamW.
+  5. update: PPO-clip on ρ per target token plus a k3 KL penalty to π_old, summed over a
+     response and divided by its length, fp32 log-probs, grad clip, AdamW.
 
 π_old is the sampler's recorded log-prob; tests/ checks it equals the recomputation in
-the training layout. Where the rows are not the sampler's states (rollouts at another
-block size, the warm-up of a block-size change; or --shrink > 1, whose merged rounds mask
-tokens that were visible when later targets were sampled) π_old is recomputed in the
-training layout once per step. With the default --updates 1 that one optimiser step is
-taken at the sampling weights, so ρ = 1, the clip and the KL do nothing, and the update
-is group-normalised policy gradient; --updates > 1 takes several steps on the same rows,
-where ρ moves away from 1 and the clip and KL start to act. Simplified from the paper: no
-value model by default (`--value-model` adds the diffusion value model of value.py:
-A_t = R − V(s_t)), binary reward by default, no reference model by default. Ours, off by
-default (docs/experiments.md, round 3): `--reach-spread` and `--threshold-spread` (a group's
-samples decode with different commit distances, or θs), `--speed-alpha` (a right answer earns
-1 + α·TPF), `--tpf-advantage` (z(reward) + z(TPF) inside a group, after LightningRL, without
-its NLL term or batch-level renormalisation) and `--ref-kl` (a k3 KL to the frozen weights
-the stage started from). Under torchrun the P prompts are split across ranks (each prompt's K samples
-on one rank), the loss is normalised by global counts and gradients are summed (dist.py).
+the training layout. With --shrink > 1 the rows are not the sampler's states (a merged
+round masks tokens that were visible when its later targets were sampled), so π_old is
+recomputed in the training layout once per step. Simplified from the paper: no value model
+by default (`--value-model` adds the diffusion value model of value.py: A_t = R − V(s_t)),
+a binary reward, no reference model by default (`--ref-kl β` adds a k3 KL to the frozen
+weights the stage started from). The research options of round 3 were removed in issue 28
+(docs/experiments.md names the commit that last had each). Under torchrun the P prompts are
+split across ranks (each prompt's K samples on one rank), the loss is normalised by global
+counts and gradients are summed (dist.py).
 """
 import argparse
 import copy
@@ -41,13 +41,14 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, fields
 
 import torch
 
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
 from model import CheckpointError, file_sha256, load_checkpoint, pick_device, save_checkpoint
-from rollouts import add_rollout_args, advantages, merge_rollouts, rollout  # steps 1-3
+from rollouts import add_rollout_args, group_advantages, rollout  # steps 1-3
 from train import blew_up, finite
 from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss
@@ -88,31 +89,56 @@ def reference_penalty(new_lp, ref_lp, weight, beta: float):
     return beta * (weight * kl).sum(), kl.mean() if kl.numel() else kl.new_zeros(())
 
 
+# ----------------------------------------------------------------------------- settings
+
+@dataclass
+class RLConfig:
+    """What a TraceRL stage runs with: the flags of add_rl_args plus the stage's block
+    size, step cap and trace-row budget. Build it with RLConfig.from_args."""
+    block_size: int        # training and rollout block size
+    steps: int             # RL steps (a cap, with max_rows)
+    n_prompts: int         # P prompts per step
+    k: int                 # K samples per prompt
+    lr: float
+    threshold: float       # θ of the rollouts' dynamic decoding
+    temperature: float
+    commit_distance: int
+    ref_kl: float          # β of the KL to the stage's starting weights (0 = off)
+    shrink: int
+    updates: int           # optimiser steps per RL step
+    micro_batch: int
+    clip_eps: float
+    kl_beta: float
+    acc_band: tuple
+    value_model: bool
+    value_lr: float
+    value_clip: float
+    max_rows: int = 0      # end the stage once its trace rows reach this (0 = never)
+
+    @classmethod
+    def from_args(cls, a, **set_fields):
+        """The fields from an argparse Namespace `a` (add_rl_args' flags), `set_fields`
+        overriding or adding them (block_size, steps, max_rows where `a` has none)."""
+        have = {f.name: getattr(a, f.name) for f in fields(cls) if hasattr(a, f.name)}
+        return cls(**{**have, **set_fields})
+
+
 # ----------------------------------------------------------------------------- one RL step
 
-def rl_step(model, opt, problems, a, gen, critic=None, ref=None):
+def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None):
     """rollouts -> rewards -> advantages -> trace rows -> update. `ref`: the frozen
     reference of --ref-kl (None = no reference term). Returns a log dict."""
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
-    draw = lambda: rollout(model, problems, a.n_prompts, a.k, a.rollout_block_size, a.threshold, gen, own,
-                           a.commit_distance, a.reach_spread, a.speed_alpha, a.temperature, a.threshold_spread,
-                           a.hint_samples)
-    ro, draws = draw(), 1
-    # Dynamic sampling (DAPO's): a group whose K samples all agree has no advantage, and with
-    # bimodal per-prompt accuracy most groups do, so a step may learn from ~5 prompts. Draw
-    # P more prompts until --min-groups groups carry signal (at most --max-draws draws). The
-    # count is global, so every rank draws as often as the others.
-    while draws < a.max_draws and a.min_groups and \
-            dist.all_reduce_sum(float(advantages(ro, a)[1].sum())) \
-            < a.min_groups:
-        ro, draws = merge_rollouts(ro, draw()), draws + 1
-    log = rl_update(model, opt, ro, a, own, critic, ref)
-    log.update(secs=time.time() - t0, prompts=draws * a.n_prompts)
+    ro = rollout(model, problems, gen, n_prompts=cfg.n_prompts, k=cfg.k, block_size=cfg.block_size,
+                 threshold=cfg.threshold, temperature=cfg.temperature, distance=cfg.commit_distance,
+                 sample_gen=own)
+    log = rl_update(model, opt, ro, cfg, own, critic, ref)
+    log.update(secs=time.time() - t0, prompts=cfg.n_prompts)
     return log
 
 
-def pick_responses(ro, adv, a, critic=None):
+def pick_responses(ro, adv, band, k: int, critic=None):
     """Indices of the responses that get trace rows."""
     if critic is None:
         # A response with a zero advantage adds only KL terms to the loss. At the first
@@ -123,36 +149,36 @@ def pick_responses(ro, adv, a, critic=None):
         return (adv != 0).nonzero().squeeze(1).tolist()
     # With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
     # every response of a group inside --acc-band is used.
-    acc = ro["correct"].mean(1)
-    in_band = (acc >= a.acc_band[0]) & (acc <= a.acc_band[1])
-    return in_band.repeat_interleave(a.k).nonzero().squeeze(1).tolist()
+    acc = ro["reward"].mean(1)
+    in_band = (acc >= band[0]) & (acc <= band[1])
+    return in_band.repeat_interleave(k).nonzero().squeeze(1).tolist()
 
 
-def rl_update(model, opt, ro, a, gen, critic=None, ref=None):
+def sum_over_ranks(sums: dict) -> dict:
+    """{name: float} summed over the ranks, in one all-reduce (float64)."""
+    total = dist.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64))
+    return dict(zip(sums, total.tolist()))
+
+
+def rl_update(model, opt, ro, cfg: RLConfig, gen, critic=None, ref=None):
     """Advantages -> trace rows -> PPO-clip update, for this rank's rollouts `ro`. Every
     count that normalises the loss is global (summed over ranks), so the summed gradients
     equal one process's on all the rollouts (with --updates 1; tests/test_ddp.py).
-
-    With the default --updates 1 there is one optimiser step per RL step, taken at the
-    weights that sampled, so ρ = π_θ / π_old = 1 throughout: the clip never engages and
-    the k3 KL and its gradient are 0. The default is therefore plain group-normalised
-    policy gradient, −Σ w·A·∇log π. --updates U > 1 splits the rows into U chunks, one
-    optimiser step each; from the second step on ρ ≠ 1, and PPO's clip and the KL
-    penalty keep the later steps near the policy that sampled."""
+    At --updates 1 ρ = 1, so this is plain group-normalised policy gradient (module docstring)."""
     dev = next(model.parameters()).device
-    adv, kept = advantages(ro, a)
+    adv, kept = group_advantages(ro["reward"], cfg.acc_band)
     adv = adv.view(-1)
-    resp = pick_responses(ro, adv, a, critic)
-    # "reward" in the log is the share of right answers (the speed term, if any, is not in it),
-    # so reward curves and --target-reward read the same with or without --speed-alpha
-    g = dist.all_reduce_sum(torch.tensor([ro["correct"].sum(), ro["correct"].numel(), kept.sum(), len(resp),
-                                          ro["n_gen"].sum(), ro["nfe"].sum()], dtype=torch.float64))
-    n_resp = int(g[3])  # over all ranks: the loss is the mean over every rank's responses
+    resp = pick_responses(ro, adv, cfg.acc_band, cfg.k, critic)
+    g = sum_over_ranks(dict(right=float(ro["reward"].sum()), answers=ro["reward"].numel(),
+                            kept=float(kept.sum()), resp=len(resp), n_gen=float(ro["n_gen"].sum()),
+                            nfe=float(ro["nfe"].sum())))
+    n_resp = int(g["resp"])  # over all ranks: the loss is the mean over every rank's responses
     # the group advantage, or the return R (the critic's value is subtracted below)
-    rows = build_rows(ro, resp, adv if critic is None else ro["reward"].view(-1), n_resp, a, dev)
+    rows = build_rows(ro, resp, adv if critic is None else ro["reward"].view(-1), n_resp, cfg.block_size,
+                      cfg.shrink, dev)
     n_rows = len(rows) if rows is not None else 0
-    log = dict(reward=(g[0] / g[1]).item(), kept=int(g[2]), n_resp=n_resp,
-               rows=int(dist.all_reduce_sum(n_rows)), tpf=(g[4] / g[5]).item(), loss=0.0, clip=0.0, kl=0.0,
+    log = dict(reward=g["right"] / g["answers"], kept=int(g["kept"]), n_resp=n_resp,
+               rows=int(dist.all_reduce_sum(n_rows)), tpf=g["n_gen"] / g["nfe"], loss=0.0, clip=0.0, kl=0.0,
                ref_kl=0.0)
     if critic is not None:
         log["vloss"] = 0.0
@@ -161,84 +187,86 @@ def rl_update(model, opt, ro, a, gen, critic=None, ref=None):
     v_old = ret = None
     if n_rows:
         with torch.no_grad():
-            if a.rollout_block_size != a.block_size or a.shrink > 1:
-                # The rows are not the sampler's states, so its recorded log-probs are not
-                # π_old of these rows: with rollouts at another block size (the warm-up) the
-                # layout differs, and with shrinkage a merged round masks tokens that were
-                # already committed when its later targets were sampled. π_old is then the
-                # same weights in the rows' own states, which keeps the first update on-policy.
-                rows.old = over_rows(row_logprobs, model, rows, a, temperature=a.temperature)
+            if cfg.shrink > 1:
+                # The rows are not the sampler's states: a merged round masks tokens that
+                # were already committed when its later targets were sampled, so the
+                # recorded log-probs are not π_old of these rows. π_old is then the same
+                # weights in the rows' own states, which keeps the first update on-policy.
+                rows.old = over_rows(row_logprobs, model, rows, cfg.block_size, cfg.micro_batch,
+                                     temperature=cfg.temperature)
             if critic is not None:  # V_old of every target's state; A_t = R − V_old
                 critic.model.eval()
-                v_old = over_rows(row_values, critic.model, rows, a)
+                v_old = over_rows(row_values, critic.model, rows, cfg.block_size, cfg.micro_batch)
                 ret, rows.adv = rows.adv, token_advantages(rows.adv, v_old)
             if ref is not None:  # the frozen reference's log-prob of every target, in its row's state
-                rows.ref = over_rows(row_logprobs, ref, rows, a, temperature=a.temperature)
-    tot = optimise(model, opt, rows, a, gen, dev, critic, v_old, ret)
-    tot = dist.all_reduce_sum(tot)
+                rows.ref = over_rows(row_logprobs, ref, rows, cfg.block_size, cfg.micro_batch,
+                                     temperature=cfg.temperature)
+    tot = sum_over_ranks(optimise(model, opt, rows, cfg, gen, dev, critic, v_old, ret))
     # clip and the KLs are per target token (over every rank's tokens)
-    n_tok = tot[4].clamp_min(1)
-    log.update(loss=tot[0].item(), clip=(tot[1] / n_tok).item(), kl=(tot[2] / n_tok).item(),
-               ref_kl=(tot[5] / n_tok).item())
+    n_tok = max(tot["tokens"], 1.0)
+    log.update(loss=tot["loss"], clip=tot["clipped"] / n_tok, kl=tot["k3"] / n_tok, ref_kl=tot["ref_k3"] / n_tok)
     if critic is not None:
-        log["vloss"] = tot[3].item()
+        log["vloss"] = tot["vloss"]
     return log
 
 
-def over_rows(fn, net, rows: TraceRows, a, **kw):
+def over_rows(fn, net, rows: TraceRows, block_size: int, micro_batch: int, **kw):
     """fn (row_logprobs or row_values) of net on every row, micro-batch by micro-batch:
     one value per target token, flat in row-major order. kw: fn's extra arguments."""
-    return torch.cat([fn(net, *rows.layout(slice(j, j + a.micro_batch)), a.block_size, **kw)
-                      for j in range(0, len(rows), a.micro_batch)])
+    return torch.cat([fn(net, *rows.layout(slice(j, j + micro_batch)), block_size, **kw)
+                      for j in range(0, len(rows), micro_batch)])
 
 
-def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
-    """a.updates optimiser steps over this rank's trace rows (None: none here), shuffled and
-    split into equal chunks, micro-batches accumulating into each step. With a critic the
-    value model (V_old, returns ret) takes a step alongside; with rows.ref the reference
-    penalty (--ref-kl) joins the loss. Returns this rank's [loss, clipped tokens, k3 sum,
-    value loss, target tokens, reference k3 sum] (float64) for the caller to all-reduce."""
+def optimise(model, opt, rows, cfg: RLConfig, gen, dev, critic=None, v_old=None, ret=None):
+    """cfg.updates optimiser steps over this rank's trace rows (None: none here), shuffled
+    and split into equal chunks, micro-batches accumulating into each step. With a critic
+    the value model (V_old, returns ret) takes a step alongside; with rows.ref the reference
+    penalty (--ref-kl) joins the loss. Returns this rank's sums (loss, clipped tokens, k3,
+    value loss, target tokens, reference k3) for the caller to add up over ranks."""
     n_rows = len(rows) if rows is not None else 0
     model.train()
     if critic is not None:
         critic.model.train()
     perm = torch.randperm(n_rows, generator=gen, device=dev).cpu()
-    tot = torch.zeros(6, dtype=torch.float64)
-    # Every rank takes a.updates optimiser steps (some chunks may be empty on some ranks),
+    tot = dict(loss=0.0, clipped=0.0, k3=0.0, vloss=0.0, tokens=0.0, ref_k3=0.0)
+    # Every rank takes cfg.updates optimiser steps (some chunks may be empty on some ranks),
     # so the ranks' all-reduces and steps line up.
-    for chunk in torch.tensor_split(perm, a.updates):
+    for chunk in torch.tensor_split(perm, cfg.updates):
         opt.zero_grad(set_to_none=True)
         if critic is not None:
             critic.opt.zero_grad(set_to_none=True)
-        for j in range(0, len(chunk), a.micro_batch):
-            mb = chunk[j:j + a.micro_batch]
+        for j in range(0, len(chunk), cfg.micro_batch):
+            mb = chunk[j:j + cfg.micro_batch]
             tok = rows.tokens(mb).to(dev)
             layout = rows.layout(mb.to(dev))
             # All rows' weights sum to 1 (a mean over responses) and a chunk holds ~1/updates
             # of the rows: scaling by `updates` gives every optimiser step a full-size loss,
             # the gradient scale of --updates 1.
-            w = rows.weight[tok] * a.updates
-            new = row_logprobs(model, *layout, a.block_size, a.temperature)
-            loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, a.clip_eps, a.kl_beta)
-            ref_kl = torch.zeros(())
+            w = rows.weight[tok] * cfg.updates
+            new = row_logprobs(model, *layout, cfg.block_size, cfg.temperature)
+            loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, cfg.clip_eps, cfg.kl_beta)
+            ref_kl = 0.0
             if rows.ref is not None:
-                ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, a.ref_kl)
-                loss = loss + ref_loss
+                ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, cfg.ref_kl)
+                loss, ref_kl = loss + ref_loss, ref_kl.item()
             loss.backward()
             n = len(tok)
-            tot += torch.tensor([loss.item() / a.updates, clip.item() * n, kl.item() * n, 0.0, n,
-                                 ref_kl.item() * n], dtype=torch.float64)
+            tot["loss"] += loss.item() / cfg.updates
+            tot["clipped"] += clip.item() * n
+            tot["k3"] += kl.item() * n
+            tot["tokens"] += n
+            tot["ref_k3"] += ref_kl * n
             if critic is not None:
-                v = row_values(critic.model, *layout, a.block_size)
+                v = row_values(critic.model, *layout, cfg.block_size)
                 vl = value_loss(v, v_old[tok], ret[tok], w, critic.clip)
                 vl.backward()
-                tot[3] += vl.item() / a.updates
+                tot["vloss"] += vl.item() / cfg.updates
         dist.all_reduce_grads(model)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         # A non-finite loss on any rank stops every rank (deciding alone would leave the
         # others waiting in the next all-reduce).
-        if dist.all_reduce_sum(float(not math.isfinite(tot[0]))) or not torch.isfinite(norm):
-            raise FloatingPointError(f"the loss is {tot[0].item()}, gradient norm {norm.item()}")
+        if dist.all_reduce_sum(float(not math.isfinite(tot["loss"]))) or not torch.isfinite(norm):
+            raise FloatingPointError(f"the loss is {tot['loss']}, gradient norm {norm.item()}")
         opt.step()
         if critic is not None:
             dist.all_reduce_grads(critic.model)
@@ -250,44 +278,34 @@ def optimise(model, opt, rows, a, gen, dev, critic=None, v_old=None, ret=None):
     return tot
 
 
-def run_tracerl(model, problems, a, name="rl", seed=0, ref=None):
-    """A TraceRL stage: up to a.steps RL steps, stopping early once the mean rollout
-    reward of the last 5 steps reaches a.target_reward (0 = never), or once the stage's trace
-    rows reach a.max_rows (absent or 0 = never; --max-rows). With --ref-kl > 0 the
-    reference is `ref`, or, by default, a frozen copy of the weights the stage starts from.
-    Returns history."""
+def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0):
+    """A TraceRL stage: up to cfg.steps RL steps, stopping early once the stage's trace
+    rows reach cfg.max_rows (0 = never; --max-rows). With --ref-kl > 0 the reference is a
+    frozen copy of the weights the stage starts from. Returns history."""
     dev = next(model.parameters()).device
     dist.broadcast_params(model)
-    if a.ref_kl > 0:
-        ref = frozen(ref if ref is not None else model)
-    else:
-        ref = None
+    ref = frozen(model) if cfg.ref_kl > 0 else None
     gen = torch.Generator(device=dev).manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    critic = Critic(model, a.value_lr, a.value_clip) if getattr(a, "value_model", False) else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    critic = Critic(model, cfg.value_lr, cfg.value_clip) if cfg.value_model else None
     hist = []
-    for i in range(a.steps):
+    for i in range(cfg.steps):
         try:
-            log = rl_step(model, opt, problems, a, gen, critic, ref)
+            log = rl_step(model, opt, problems, cfg, gen, critic, ref)
             if not finite(model):
                 raise FloatingPointError("the weights are no longer finite after the update")
         except FloatingPointError as e:  # from the update, or the sampler's next logits
-            raise blew_up(f"{name} step {i + 1}", str(e), "--lr", a.lr) from None
+            raise blew_up(f"{name} step {i + 1}", str(e), "--lr", cfg.lr) from None
         hist.append(log)
         vloss = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
         vloss += f" | ref-kl {log['ref_kl']:.5f}" if ref is not None else ""
-        print(f"{name} step {i + 1:3d}/{a.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
+        print(f"{name} step {i + 1:3d}/{cfg.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
               f"{log['prompts']} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
               f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | "
               f"{log['secs']:.1f}s", flush=True)
-        recent = [h["reward"] for h in hist[-5:]]  # global rewards: every rank stops together
-        if a.target_reward > 0 and len(recent) == 5 and sum(recent) / 5 >= a.target_reward:
-            print(f"{name}: mean reward of the last 5 steps {sum(recent) / 5:.3f} >= target "
-                  f"{a.target_reward}; stage done")
-            break
         rows = sum(h["rows"] for h in hist)  # global rows: every rank stops together
-        if getattr(a, "max_rows", 0) > 0 and rows >= a.max_rows:
-            print(f"{name}: {rows} trace rows >= the budget of {a.max_rows}; stage done")
+        if cfg.max_rows > 0 and rows >= cfg.max_rows:
+            print(f"{name}: {rows} trace rows >= the budget of {cfg.max_rows}; stage done")
             break
     return hist
 
@@ -300,14 +318,6 @@ def frozen(model):
     return ref
 
 
-def check_rl_args(a):
-    """The RL flag combinations that cannot work, as a ValueError (one line for the CLIs)."""
-    if a.tpf_advantage and a.value_model:
-        raise ValueError("--tpf-advantage is a group advantage; --value-model replaces it (choose one)")
-    if not 0 <= a.hint_samples <= a.k:
-        raise ValueError(f"--hint-samples must be between 0 and --k {a.k}, got {a.hint_samples}")
-
-
 def add_rl_args(ap):
     """RL flags, shared with curriculum.py."""
     ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
@@ -316,21 +326,15 @@ def add_rl_args(ap):
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
     add_rollout_args(ap)  # steps 1-3's flags (rollouts.py)
     ap.add_argument("--ref-kl", type=float, default=0.0,
-                    help="β of a k3 KL to a frozen reference, the weights the stage starts from "
-                         "(curriculum --ref-to picks); 0 = off")
-    ap.add_argument("--min-groups", type=int, default=0,
-                    help="dynamic sampling: draw --n-prompts more prompts until this many groups have "
-                         "reward variance (0 = one draw per step)")
-    ap.add_argument("--max-draws", type=int, default=4, help="at most this many draws per RL step (--min-groups)")
+                    help="β of a k3 KL to a frozen reference, the weights the stage starts from; 0 = off")
     ap.add_argument("--shrink", type=int, default=1, help="merge every s neighbouring trace steps")
-    ap.add_argument("--updates", type=int, default=1, help="optimiser steps per RL step (rows split)")
+    ap.add_argument("--updates", type=int, default=1,
+                    help="optimiser steps per RL step (rows split); at 1 the PPO ratio is 1, so the clip and KL are inert")
     ap.add_argument("--micro-batch", type=int, default=256, help="rows per forward (grad accumulation)")
-    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip ε")
-    ap.add_argument("--kl-beta", type=float, default=0.01, help="k3 KL coefficient β")
+    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip ε (acts only with --updates > 1)")
+    ap.add_argument("--kl-beta", type=float, default=0.01, help="k3 KL-to-π_old coefficient β (acts only with --updates > 1)")
     ap.add_argument("--acc-band", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.0, 1.0),
                     help="keep groups whose accuracy is in [lo,hi], e.g. 0.2,0.8")
-    ap.add_argument("--target-reward", type=float, default=0.0,
-                    help="end the stage once the 5-step mean reward reaches this (0 = run all steps)")
     ap.add_argument("--value-model", action="store_true",
                     help="advantage R - V(state) from a diffusion value model instead of the group z-score (value.py)")
     ap.add_argument("--value-lr", type=float, default=1e-3,
@@ -343,8 +347,7 @@ def main():
     ap.add_argument("--ckpt", required=True, help="starting checkpoint (.pt)")
     ap.add_argument("--out", required=True, help="where to write the trained checkpoint (.pt)")
     ap.add_argument("--block-size", type=int, default=8, help="training block size")
-    ap.add_argument("--rollout-block-size", type=int, default=None, help="rollout block size (default: --block-size)")
-    ap.add_argument("--steps", type=int, default=40, help="RL steps (a cap with --target-reward)")
+    ap.add_argument("--steps", type=int, default=40, help="RL steps")
     ap.add_argument("--max-rows", type=int, default=0,
                     help="end the run once its trace rows (the update's work) reach this many, a cap like --steps (0 = off; "
                          "curriculum --direct-budget rows sets it for direct)")
@@ -353,11 +356,6 @@ def main():
     add_rl_args(ap)
     add_task_args(ap)
     a = ap.parse_args()
-    a.rollout_block_size = a.rollout_block_size or a.block_size
-    try:
-        check_rl_args(a)
-    except ValueError as e:
-        ap.error(str(e))
     try:
         dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
         if a.n_prompts < dist.world():
@@ -366,7 +364,7 @@ def main():
         # RL needs only training prompts: --train-jsonl alone, else the checkpoint's own task
         train_rows = read_jsonl(a.train_jsonl) if a.train_jsonl else load_task(meta.get("task") or task_from_args(a))[0]
         check_fit(train_rows, model.cfg.prompt_len, model.cfg.answer_len, "training data", fixed=True)
-        hist = run_tracerl(model, train_rows, a, name=f"rl{a.block_size}", seed=a.seed)
+        hist = run_tracerl(model, train_rows, RLConfig.from_args(a), name=f"rl{a.block_size}", seed=a.seed)
         if dist.is_main():
             # parent_sha256: this file's parent is --ckpt (the inherited meta holds --ckpt's own
             # parent's digest), so a run folder that holds both resumes without rebuilding it

@@ -17,17 +17,16 @@ import torch
 
 from data.tokenizer import MASK_ID
 from model import training_layout
-from sample import GIVEN, commit_ranks, policy_logprobs
+from sample import commit_ranks, policy_logprobs
 
 
 def round_ranks(fwd: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
     """Per-position round index of one response's trace fwd [A] (-1 = never decoded ->
-    a large number, so no round ever targets or unmasks it; a given hint, fwd GIVEN -> -1,
-    so every round shows it and none targets it). The round is the within-block commit rank
-    (sample.commit_ranks); shrinkage merges every `shrink` neighbouring steps of a block into
-    one action."""
+    a large number, so no round ever targets or unmasks it). The round is the within-block
+    commit rank (sample.commit_ranks); shrinkage merges every `shrink` neighbouring steps of
+    a block into one action."""
     ranks = commit_ranks(fwd, block_size)
-    return torch.where(fwd == GIVEN, -1, torch.where(ranks >= 0, ranks // shrink, 10 ** 6))
+    return torch.where(ranks >= 0, ranks // shrink, 10 ** 6)
 
 
 def trace_rows(fwd: torch.Tensor, block_size: int, shrink: int = 1):
@@ -83,18 +82,18 @@ class TraceRows:
         return torch.cat([torch.arange(self.offsets[r], self.offsets[r + 1]) for r in idx.tolist()])
 
 
-def build_rows(ro, resp, per_response, n_resp: int, a, dev):
-    """Cut the traces of responses `resp` into trace rows (trace_rows), with the sampler's
-    recorded log-probs as π_old and per_response[i] (advantage or return) on every target
-    token of response i. n_resp is the global response count that normalises the loss.
-    None if there is no row."""
+def build_rows(ro, resp, per_response, n_resp: int, block_size: int, shrink: int, dev):
+    """Cut the traces of responses `resp` (decoded at `block_size`) into trace rows
+    (trace_rows, merging every `shrink` steps), with the sampler's recorded log-probs as
+    π_old and per_response[i] (advantage or return) on every target token of response i.
+    n_resp is the global response count that normalises the loss. None if there is no row."""
     rows = []  # (prompt, clean, noisy, target, old, adv, weight) per row
     for i in resp:
         # 1/L_resp with L_resp = every token the sampler committed for this response
         # (tokens committed after the first eos are actions too), so a response's
         # weights sum to 1 / n_resp.
         w = 1.0 / (float((ro["fwd"][i] >= 0).sum()) * n_resp)
-        for noisy, tgt in trace_rows(ro["fwd"][i], a.rollout_block_size, a.shrink):
+        for noisy, tgt in trace_rows(ro["fwd"][i], block_size, shrink):
             n_t = int(tgt.sum())
             rows.append((ro["prompts"][i], ro["tokens"][i], noisy, tgt, ro["logp"][i][tgt],
                          torch.full((n_t,), float(per_response[i])), torch.full((n_t,), w)))

@@ -223,7 +223,8 @@ def train_rows(model, rows, a, dev, label):
     rl_gen = torch.Generator(device=dev)
     rl_prompts = encode_prompts([r["question"] for r in rows[:a.rl_prompts]], P)
     rl_prompts = rl_prompts.repeat_interleave(a.rl_k, 0).to(dev)
-    fns = [lambda: rollouts.rollout(model, rows, a.rl_prompts, a.rl_k, B, a.threshold, rl_gen.manual_seed(0))]
+    fns = [lambda: rollouts.rollout(model, rows, rl_gen.manual_seed(0), n_prompts=a.rl_prompts, k=a.rl_k,
+                                          block_size=B, threshold=a.threshold)]
     names = ["TraceRL rollout (generate)"]
     if a.compile and a.rl_fast:
         fns.append(lambda: generate_fast(model, rl_prompts, B, "dynamic", a.threshold, temperature=1.0,

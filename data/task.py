@@ -268,13 +268,6 @@ def check_fit(rows, prompt_len: int, answer_len: int, what: str = "data", fixed:
                         f"holds {answer_len} (raise --max-seq-len to at least {prompt_len + ans}{again})")
 
 
-def fit_prompt_len(rows, multiple: int = 16) -> int:
-    """Smallest multiple of `multiple` that holds every prompt."""
-    tok = get_tokenizer()
-    longest = max(len(tok.encode_ordinary(prompt_text(r["question"]))) for r in rows)
-    return -(-longest // multiple) * multiple
-
-
 def main():
     ap = argparse.ArgumentParser(description="Write the generated math task as GSM8K-style JSONL.")
     ap.add_argument("--level", type=int, default=2, choices=sorted(LEVELS), help="difficulty level")

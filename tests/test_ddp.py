@@ -27,7 +27,7 @@ from data.task import encode_prompts, make_splits, task_tensors  # noqa: E402
 from eval_math import evaluate_all  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from sample import generate  # noqa: E402
-from tracerl import add_rl_args, rl_update  # noqa: E402
+from tracerl import RLConfig, add_rl_args, rl_update  # noqa: E402
 from train import ar_loss, sft_loss, train_loop  # noqa: E402
 from value import Critic  # noqa: E402
 
@@ -81,8 +81,7 @@ def rl(ro, value):
     """One rl_update (micro-batches of 5 rows) -> policy (and value model) state dicts."""
     ap = argparse.ArgumentParser()
     add_rl_args(ap)
-    a = ap.parse_args(["--k", str(K), "--micro-batch", "5"])
-    a.block_size = a.rollout_block_size = 8
+    a = RLConfig.from_args(ap.parse_args(["--k", str(K), "--micro-batch", "5"]), block_size=8, steps=1)
     model = fresh_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     critic = Critic(model, 1e-2) if value else None

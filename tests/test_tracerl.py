@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from data.task import is_correct
 from model import GPTConfig
 from sample import commit_ranks, generate
 from rollouts import group_advantages
-from tracerl import add_rl_args, policy_loss, rl_step, run_tracerl
+from tracerl import RLConfig, add_rl_args, k3, policy_loss, rl_step, run_tracerl
 from traces import round_ranks, row_logprobs, trace_rows
 from train import run_ar, run_sft
 
@@ -166,15 +167,26 @@ def test_policy_loss_clipping_engages():
     assert policy_loss(OLD + d2, OLD, torch.zeros(4), W)[1].item() == 0.0
 
 
+def test_k3_by_hand():
+    """tracerl.k3 itself: exp(−δ) − 1 + δ, 0 only at δ = 0 and positive on either side."""
+    assert k3(torch.zeros(3, dtype=torch.float64)).tolist() == [0.0, 0.0, 0.0]
+    d = torch.tensor([1.0, -1.0, math.log(2)], dtype=torch.float64)
+    want = [math.exp(-1), math.e - 2, 0.5 - 1 + math.log(2)]  # e^-1; e - 2; 1/2 - 1 + ln 2
+    assert k3(d).tolist() == pytest.approx(want, rel=1e-12)
+    x = torch.linspace(-5, 5, 101, dtype=torch.float64)
+    assert (k3(x[x.abs() > 1e-9]) > 0).all()
+
+
 def test_policy_loss_k3_term():
     delta = torch.tensor([0.3, -0.2, 0.0, 1.0])
     new = (OLD + delta).requires_grad_()
     beta = 0.05
     loss, _, kl = policy_loss(new, OLD, torch.zeros(4), W, beta=beta)
-    k3 = torch.exp(-delta) - 1 + delta
-    assert (k3 >= 0).all()
-    assert loss.item() == pytest.approx(beta * (W * k3).sum().item(), rel=1e-6)
-    assert kl.item() == pytest.approx(k3.mean().item(), rel=1e-6)
+    # k3 at these δ, by hand: e^-0.3 - 0.7, e^0.2 - 1.2, 0, e^-1
+    want = torch.tensor([math.exp(-0.3) - 0.7, math.exp(0.2) - 1.2, 0.0, math.exp(-1)])
+    assert k3(delta).tolist() == pytest.approx(want.tolist(), abs=1e-6)
+    assert loss.item() == pytest.approx(beta * (W * want).sum().item(), rel=1e-5)
+    assert kl.item() == pytest.approx(want.mean().item(), rel=1e-5)
     loss.backward()
     assert torch.allclose(new.grad, beta * W * (1 - torch.exp(-delta)))
     # with the clip engaged and beta > 0 only the k3 gradient is left
@@ -216,35 +228,27 @@ def test_positive_advantage_update_raises_row_logprob(tiny_model, prompts, tiny_
 # ----------------------------------------------------------------------------- rl_step
 
 def rl_args(**kw):
+    """The RL settings at the flags' defaults (block size 8, one step), `kw` overriding."""
     ap = argparse.ArgumentParser()
     add_rl_args(ap)
-    a = ap.parse_args([])
-    a.block_size = a.rollout_block_size = 8
-    a.steps = 1
-    for k, v in kw.items():
-        setattr(a, k, v)
-    return a
+    return RLConfig.from_args(ap.parse_args([]), **{"block_size": 8, "steps": 1, **kw})
 
 
-@pytest.mark.parametrize("rollout_block_size,shrink,temperature", [(8, 1, 1.0), (4, 1, 1.0), (8, 2, 1.0),
-                                                                   (8, 1, 1.3), (4, 1, 1.3)])
-def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows, rollout_block_size, shrink,
-                                           temperature):
+@pytest.mark.parametrize("shrink,temperature", [(1, 1.0), (2, 1.0), (1, 1.3), (2, 1.3)])
+def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows, shrink, temperature):
     """π_old matches the training-layout recomputation, so the first (single) update sees
-    ρ = 1: no clipping and zero KL. With rollouts at another block size (the warm-up), or
-    with shrinkage (a merged round masks tokens the sampler saw committed), this only holds
-    because π_old is recomputed in the training layout: with the recorded log-probs, shrink 2
-    gave clip 0.012 and KL 0.00126 here. At --temperature 1.3 the update's log-probs are the
-    tempered policy's, as the sampler's are."""
+    ρ = 1: no clipping and zero KL. With shrinkage (a merged round masks tokens the sampler
+    saw committed) this only holds because π_old is recomputed in the training layout: with
+    the recorded log-probs, shrink 2 gave clip 0.012 and KL 0.00126 here. At --temperature
+    1.3 the update's log-probs are the tempered policy's, as the sampler's are."""
     # An untrained model never earns the real reward; grade on answer length parity
     # instead so groups have variance and rows get built.
     monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
-    a = rl_args(n_prompts=3, k=4, lr=1e-3, rollout_block_size=rollout_block_size, micro_batch=7,
-                shrink=shrink, temperature=temperature)
+    a = rl_args(n_prompts=3, k=4, lr=1e-3, micro_batch=7, shrink=shrink, temperature=temperature)
     # the same rollouts rl_step will draw (same generator seed, same weights)
-    ro = rollouts.rollout(m, level1_rows, a.n_prompts, a.k, rollout_block_size, a.threshold,
-                          torch.Generator().manual_seed(0), temperature=temperature)
+    ro = rollouts.rollout(m, level1_rows, torch.Generator().manual_seed(0), n_prompts=a.n_prompts, k=a.k,
+                          block_size=a.block_size, threshold=a.threshold, temperature=temperature)
     adv = group_advantages(ro["reward"])[0].view(-1)
     opt = torch.optim.AdamW(m.parameters(), lr=a.lr)
     before = [p.detach().clone() for p in m.parameters()]
@@ -261,6 +265,23 @@ def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows,
     assert log["loss"] == pytest.approx(want, abs=1e-5)
 
 
+def test_clip_and_kl_act_only_with_several_updates(monkeypatch, tiny_model, level1_rows):
+    """--updates 1: the one step is taken at the sampling weights, so ρ = 1 and the logged clip
+    fraction and KL are exactly 0 (the update is group-normalised policy gradient). --updates 4
+    on the same rollouts: steps 2-4 run at weights the earlier steps moved, so ρ ≠ 1, PPO's
+    clip cuts some tokens and the k3 KL to π_old is positive."""
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    logs = {}
+    for updates in (1, 4):
+        m = copy.deepcopy(tiny_model)
+        a = rl_args(n_prompts=3, k=4, lr=3e-2, updates=updates)
+        logs[updates] = rl_step(m, torch.optim.AdamW(m.parameters(), lr=a.lr), level1_rows, a,
+                                torch.Generator().manual_seed(0))
+    assert logs[1]["rows"] == logs[4]["rows"] > 0  # the same rollouts and rows
+    assert logs[1]["clip"] == 0.0 and abs(logs[1]["kl"]) < 1e-9
+    assert logs[4]["clip"] > 0.0 and logs[4]["kl"] > 1e-4, logs[4]
+
+
 def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_rows):
     monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: False)
     m = copy.deepcopy(tiny_model)
@@ -270,31 +291,6 @@ def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_
     log = rl_step(m, opt, level1_rows, a, torch.Generator().manual_seed(0))
     assert (log["reward"], log["kept"], log["n_resp"], log["rows"]) == (0.0, 0, 0, 0)
     assert all(torch.equal(p, q) for p, q in zip(before, m.parameters()))
-
-
-def test_dynamic_sampling_draws_until_enough_groups_have_signal(monkeypatch, tiny_model, level1_rows):
-    """--min-groups: rl_step keeps drawing --n-prompts prompts until that many groups have
-    reward variance (capped by --max-draws), and the update uses every drawn response."""
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
-    calls = []
-    real = rollouts.rollout
-    # rl_step looks `rollout` up in tracerl's namespace (its `from rollouts import`)
-    monkeypatch.setattr(tracerl, "rollout", lambda *args, **kw: calls.append(1) or real(*args, **kw))
-    for min_groups, max_draws in ((0, 4), (10 ** 6, 3)):
-        calls.clear()
-        m = copy.deepcopy(tiny_model)
-        a = rl_args(n_prompts=2, k=4, min_groups=min_groups, max_draws=max_draws)
-        log = rl_step(m, torch.optim.AdamW(m.parameters(), lr=1e-3), level1_rows, a,
-                      torch.Generator().manual_seed(0))
-        draws = 1 if min_groups == 0 else max_draws  # an unreachable target stops at the cap
-        assert len(calls) == draws and log["prompts"] == 2 * draws
-        assert log["clip"] == 0.0 and abs(log["kl"]) < 1e-9  # merged rollouts stay on-policy
-    # a reachable target stops as soon as it is met
-    calls.clear()
-    m = copy.deepcopy(tiny_model)
-    log = rl_step(m, torch.optim.AdamW(m.parameters(), lr=1e-3), level1_rows,
-                  rl_args(n_prompts=2, k=4, min_groups=1, max_draws=50), torch.Generator().manual_seed(0))
-    assert log["kept"] >= 1 and len(calls) == log["prompts"] // 2 < 50
 
 
 # ----------------------------------------------------------------------------- learning
@@ -336,7 +332,7 @@ def expected_reward(model, pool, k=8):
 
 
 def _rl(model, pool, seed=0):
-    a = rl_args(block_size=4, rollout_block_size=4, steps=20, lr=3e-4, n_prompts=8, k=8)
+    a = rl_args(block_size=4, steps=20, lr=3e-4, n_prompts=8, k=8)
     return run_tracerl(model, pool, a, name="test-rl", seed=seed)
 
 
@@ -348,7 +344,8 @@ def test_tracerl_raises_reward(level1_sft):
         hist = _rl(m, pool)
         r1 = expected_reward(m, pool)
     assert 0.05 < r0 < 0.6  # the base has signal to learn from and room to improve
-    assert len(hist) == 20 and all(h["clip"] < 0.5 for h in hist)
+    # --updates 1: every update is taken at the sampling weights, so ρ = 1 and nothing is clipped
+    assert len(hist) == 20 and all(h["clip"] == 0.0 and abs(h["kl"]) < 1e-6 for h in hist)
     assert r1 > r0 + 0.05, (r0, r1)
 
 

@@ -8,7 +8,7 @@ import torch
 from data.tokenizer import MASK_ID
 from model import training_layout
 from sample import generate
-from tracerl import add_rl_args, rl_update
+from tracerl import RLConfig, add_rl_args, rl_update
 from traces import row_logprobs, trace_rows
 from value import Critic, ValueModel, row_values, token_advantages, value_loss
 
@@ -79,9 +79,7 @@ def test_value_loss_clipping_by_hand():
 def _rl_args(k):
     ap = argparse.ArgumentParser()
     add_rl_args(ap)
-    a = ap.parse_args(["--k", str(k), "--value-model"])
-    a.block_size = a.rollout_block_size = 8
-    return a
+    return RLConfig.from_args(ap.parse_args(["--k", str(k), "--value-model"]), block_size=8, steps=1)
 
 
 def test_rl_update_with_critic_uses_reward_minus_value(tiny_model, prompts):

@@ -41,8 +41,8 @@ from tqdm import tqdm
 import dist
 # Grading is the task's (it defines the '#### N' format)
 from data.task import DataError, check_fit, encode_prompts, is_correct, load_task, read_jsonl, task_tensors
-from data.tokenizer import MASK_ID, decode
-from model import CheckpointError, load_checkpoint, pick_device, training_layout, write_json
+from data.tokenizer import decode
+from model import CheckpointError, load_checkpoint, pick_device, training_input, write_json
 from sample import RULES, generate, generate_ar
 import plots
 
@@ -208,11 +208,11 @@ def block_positions(model, problems, block_size: int, batch_size: int = 256):
     dev = next(model.parameters()).device
     P, A = model.cfg.prompt_len, model.cfg.answer_len
     prompts, answers, lengths = task_tensors(problems, P, A)
-    pos, mask = training_layout(P, A, block_size, 0, str(dev))
     correct, conf = [], []
     for i in range(0, len(problems), batch_size):
         gold = answers[i:i + batch_size].to(dev)
-        idx = torch.cat([prompts[i:i + batch_size].to(dev), gold, torch.full_like(gold, MASK_ID)], 1)
+        every = torch.ones_like(gold, dtype=torch.bool)  # the whole answer masked in the noisy copy
+        idx, pos, mask = training_input(prompts[i:i + batch_size].to(dev), gold, every, block_size)
         logits, _ = model(idx, pos=pos, mask=mask)
         prob = F.softmax(logits[:, P + A:].float(), dim=-1)
         c, pred = prob.max(-1)

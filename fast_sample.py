@@ -21,7 +21,7 @@ import torch
 
 from data.tokenizer import EOS_ID, MASK_ID
 from model import cached_step_layout
-from sample import RULES, block_done, decode_state, near_frontier, outputs, policy_logprobs, top_k
+from sample import RULES, block_done, commit_rule, decode_state, near_frontier, outputs, policy_logprobs, rule_args
 from sample import main as sample_main
 
 @functools.lru_cache(maxsize=64)
@@ -61,7 +61,7 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, n
     q [N, Tb, V] are Exp(1) draws: argmax(p / q) is exactly how torch.multinomial draws
     one sample, so with the same draws the tokens equal `generate`'s (without
     multinomial's host sync, which checks its input)."""
-    Tp, Tb = pending.shape[1], blk.shape[1]
+    Tp = pending.shape[1]
     x, keys, values = model.hidden(torch.cat([pending, blk], 1), pos, mask, cache_k, cache_v)
     logits = model.head(x)[:, Tp:].float()
     masked = blk == MASK_ID
@@ -69,7 +69,7 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, n
     lp_all = policy_logprobs(logits, temperature)
     tok = (lp_all.exp() / q).argmax(-1) if temperature > 0 else lp_all.argmax(-1)
     lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
-    commit = _commit(lp.exp(), near_frontier(masked, distance), need, threshold, k, by_index)
+    commit = commit_rule(lp.exp(), near_frontier(masked, distance), threshold, k, by_index) & need[:, None]
     blk = torch.where(commit, tok, blk)
     fwd = torch.where(commit, nfe[:, None], fwd)
     logp = torch.where(commit, lp, logp)
@@ -78,30 +78,6 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, n
     more = ((blk == MASK_ID).any(1) & ~done).any()  # does any row need another step?
     return (blk, fwd, logp, nfe, done, more,
             torch.stack(keys)[:, :, :, :Tp], torch.stack(values)[:, :, :, :Tp])
-
-
-# ----------------------------------------------------------------------------- commit rule, as a table
-# `sample.generate` spells the three rules out (read it there). Here they are one function
-# of (threshold, k, by_index), so one compiled graph serves all three and a new θ is a new
-# tensor value, not a new graph: static and ltr are the dynamic rule with a bar nobody
-# clears (threshold = inf), so every row falls back to its k best (by_index: leftmost).
-
-def _rule_args(rule, threshold, k):
-    """(threshold, k, by_index) under which `_commit` applies `rule` (as sample.generate)."""
-    if rule == "dynamic":
-        return threshold, 1, False  # fall back to the single most confident
-    return math.inf, k, rule == "ltr"
-
-
-def _commit(conf, cand, need, threshold, k: int, by_index: bool):
-    """Which candidates to commit this step. conf [n, Tb] fp32, cand [n, Tb] bool. Every
-    candidate with conf >= threshold; in a row where none is, its k most confident
-    candidates (by_index: its k leftmost). Rows with need = False commit nothing."""
-    commit = cand & (conf >= threshold)
-    # ltr scores positions by -index so top_k picks the leftmost masked ones
-    score = conf if not by_index else -torch.arange(cand.shape[1], device=cand.device,
-                                                    dtype=conf.dtype).expand_as(conf)
-    return (commit | (top_k(score, cand, k) & ~commit.any(1, keepdim=True))) & need[:, None]
 
 
 _COMPILED = {}
@@ -153,7 +129,7 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
     cfg, dev = model.cfg, prompts.device
     N, A, V = prompts.shape[0], cfg.answer_len, cfg.vocab_size
     k_static = math.ceil(block_size / (steps or block_size))
-    thr, k, by_index = _rule_args(rule, threshold, k_static)
+    thr, k, by_index = rule_args(rule, threshold, k_static)
     thr = torch.tensor(thr, device=dev)  # a tensor, so a new threshold is not a new graph
     step_fn = compiled_step(dev.type) if compile else _denoise_step
     cudagraphs = compile and dev.type == "cuda"

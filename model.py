@@ -111,6 +111,16 @@ def training_layout(prompt_len: int, answer_len: int, block_size: int, shift: in
     return pos, attention_mask(bid, noisy_copy, pos, bid, noisy_copy, pos)
 
 
+def training_input(prompts, clean, noisy_mask, block_size: int, shift: int = 0):
+    """The one builder of the [prompt | clean | noisy] training input: (idx, pos, mask) for
+    prompts [N, P], the clean answer [N, A] and noisy_mask [N, A] (True = <|mask|> in the
+    noisy copy). Block SFT, TraceRL's rows, the value model and the per-position table all
+    build their input here, so they all see the sampler's context the same way."""
+    P, A = prompts.shape[1], clean.shape[1]
+    pos, mask = training_layout(P, A, block_size, shift, str(clean.device))
+    return torch.cat([prompts, clean, clean.masked_fill(noisy_mask, MASK_ID)], 1), pos, mask
+
+
 def cached_step_layout(cache_len: int, n_pending: int, pending_bid: int, n_block: int, block_bid: int,
                        n_slots: int, device="cpu"):
     """(pos [T], mask [T, n_slots + T]) of one cached denoising step: T = n_pending clean

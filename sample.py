@@ -10,10 +10,11 @@ masked position and some are committed:
   * static:  the k most confident, k = ceil(block / steps);
   * ltr:     the k leftmost still-masked positions (plain left-to-right);
   * dynamic: every position whose sampled token has probability >= threshold, or the
-             single most confident one if none does (Fast-dLLM / SDAR's rule).
-All three are written out where `generate` applies them. With a commit distance D
-(`near_frontier`, ours) only masks fewer than D places right of the block's leftmost mask
-are candidates.
+             single most confident one if none does (Fast-dLLM / SDAR's rule);
+  * schedule: a fixed schedule Ŝ replayed (schedule.py).
+`commit_rule` is the one definition of the first three, which both samplers use. With a
+commit distance D (`near_frontier`, ours) only masks fewer than D places right of the
+block's leftmost mask are candidates.
 The finished block is written to the cache by the *next* block's first step (one fused
 forward), so every forward counted in tokens-per-forward (TPF) also denoises; the
 prompt prefill is fused into the first block's first step the same way.
@@ -60,6 +61,28 @@ def top_k(score, cand, k: int):
     return torch.zeros_like(cand).scatter_(1, top, True) & cand
 
 
+def rule_args(rule: str, threshold: float, k: int):
+    """(threshold, k, by_index) under which `commit_rule` applies `rule`: dynamic is itself
+    with a fallback of 1; static and ltr are the dynamic rule with a bar nobody clears
+    (threshold = inf), so every row falls back to its k best (ltr: its k leftmost)."""
+    if rule == "dynamic":
+        return threshold, 1, False
+    return math.inf, k, rule == "ltr"
+
+
+def commit_rule(conf, cand, threshold, k: int, by_index: bool):
+    """The commit rule, the one definition both samplers use: of the candidates cand [n, Tb],
+    every one whose sampled token's probability conf [n, Tb] is >= threshold; in a row where
+    none is, its k most confident candidates (by_index: its k leftmost). With `rule_args` it
+    is each of the rules in the module docstring; as one function of tensor values one
+    compiled graph serves all of them (fast_sample.py), and a new θ is not a new graph."""
+    commit = cand & (conf >= threshold)
+    # ltr scores positions by -index, so top_k picks the leftmost candidates
+    score = conf if not by_index else -torch.arange(cand.shape[1], device=cand.device,
+                                                    dtype=conf.dtype).expand_as(conf)
+    return commit | (top_k(score, cand, k) & ~commit.any(1, keepdim=True))
+
+
 def near_frontier(masked, distance: int):
     """Commit distance (ours): of the masked positions [n, Tb], the candidates fewer than
     `distance` places right of the row's leftmost mask (0 = every masked position). With
@@ -75,12 +98,12 @@ def near_frontier(masked, distance: int):
     return masked & (idx[None, :] < (first + distance)[:, None])
 
 
-def commit_ranks(fwd, block_size: int):
-    """Within-block commit rank of every position of a trace fwd [..., A]: 0 for the tokens
+def commit_order(fwd, block_size: int):
+    """Within-block commit order of every position of a trace fwd [..., A]: 0 for the tokens
     the block's first denoising step committed, 1 for its second, and so on; -1 where
     never decoded. The one definition of "the r-th step of a block" that TraceRL's rounds
-    (traces.round_ranks) and the schedule analysis (schedule.py) share. A row's forward
-    indices are global (they keep counting across blocks), so ranks are taken per block."""
+    (traces.round_index) and the schedule analysis (schedule.py) share. A row's forward
+    indices are global (they keep counting across blocks), so the order is counted per block."""
     *lead, A = fwd.shape
     f = F.pad(fwd, (0, (-A) % block_size), value=-1).view(*lead, -1, block_size)
     dec = f >= 0
@@ -88,9 +111,9 @@ def commit_ranks(fwd, block_size: int):
     # count each distinct forward index once: at its leftmost position in the block
     seen_left = ((f[..., :, None] == f[..., None, :]) & (i[None, :] < i[:, None])).any(-1)
     first = dec & ~seen_left
-    # rank = how many distinct earlier forwards committed something in this block
-    ranks = ((f[..., None, :] < f[..., :, None]) & first[..., None, :]).sum(-1)
-    return torch.where(dec, ranks, -1).view(*lead, -1)[..., :A]
+    # order = how many distinct earlier forwards committed something in this block
+    order = ((f[..., None, :] < f[..., :, None]) & first[..., None, :]).sum(-1)
+    return torch.where(dec, order, -1).view(*lead, -1)[..., :A]
 
 
 def outputs(tokens, fwd, logp, nfe):
@@ -181,18 +204,13 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             # The commit rule. cand: the masked positions it may commit (all of them, or
             # those within the commit distance); conf: each sampled token's probability.
             cand, conf = near_frontier(masked, distance), lp.exp()
-            if rule == "dynamic":  # everything above θ, else the single most confident one
-                commit = cand & (conf >= threshold)
-                commit |= top_k(conf, cand, 1) & ~commit.any(1, keepdim=True)
-            elif rule == "static":  # the k most confident
-                commit = top_k(conf, cand, k_static)
-            elif rule == "ltr":  # the k leftmost (score = -position)
-                commit = top_k(-torch.arange(blk.shape[1], device=dev).expand_as(conf).to(conf.dtype),
-                               cand, k_static)
-            else:  # "schedule": Ŝ[j]'s positions; past its end, whatever is left
+            if rule == "schedule":  # Ŝ[j]'s positions; past its end, whatever is left
                 named = torch.zeros(blk.shape[1], dtype=torch.bool, device=dev)
                 named[[p for p in schedule[j] if p < blk.shape[1]] if j < len(schedule) else slice(None)] = True
                 commit = masked & named
+            else:  # dynamic: all above θ, else the most confident; static: the k most confident;
+                # ltr: the k leftmost (k = k_static)
+                commit = commit_rule(conf, cand, *rule_args(rule, threshold, k_static))
             commit &= need[:, None]  # sequences that are done commit nothing
             j += 1
             blk = torch.where(commit, tok, blk)
@@ -271,7 +289,7 @@ def main(sampler=generate, description="Decode prompts with a tstar checkpoint."
     ap.add_argument("--block-size", type=int, default=4, help="diffusion block size (0 = AR decoding)")
     ap.add_argument("--rule", default="dynamic", choices=RULES, help="commit rule")
     ap.add_argument("--threshold", type=float, default=0.9, help="confidence threshold (dynamic rule)")
-    ap.add_argument("--steps", type=int, default=None, help="denoising steps per block (static/ltr rules)")
+    ap.add_argument("--steps-per-block", type=int, default=None, help="denoising steps per block (static/ltr rules)")
     ap.add_argument("--commit-distance", type=int, default=0,
                     help="commit only masks fewer than D places right of the block's leftmost mask (0 = anywhere)")
     ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
@@ -301,7 +319,7 @@ def main(sampler=generate, description="Decode prompts with a tstar checkpoint."
     else:
         extra = {"schedule": schedule} if schedule else {}
         extra["distance"] = a.commit_distance
-        out = sampler(model, prompts, a.block_size, a.rule, a.threshold, a.steps, a.temperature, g, **extra)
+        out = sampler(model, prompts, a.block_size, a.rule, a.threshold, a.steps_per_block, a.temperature, g, **extra)
     dt = time.time() - t0
     if a.show:
         print(f"{qs[0]}  (B={a.block_size}, rule {a.rule}; | = block boundary)")

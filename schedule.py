@@ -9,10 +9,10 @@ that achieves comparable performance". Three views of that schedule (docs/design
   * statistics of the traces: the share of steps that commit exactly the leftmost
     still-masked positions, Kendall τ between in-block position and commit step
     (1.0 = strictly left to right), tokens per step;
-  * a picture: for a few blocks, the step rank at which each position was committed;
+  * a picture: for a few blocks, the step at which each position was committed;
   * Ŝ as an object: for each step of a block, the set of in-block positions committed at
     that step, derived from the greedy traces on the test split (positions ranked by their
-    mean commit rank, cut into the model's typical number of steps with its typical number
+    mean commit step, cut into the model's typical number of steps with its typical number
     of tokens per step). Saved as JSON next to the checkpoint and replayed by the sampler's
     `schedule` rule: at step j commit exactly Ŝ[j], the tokens still chosen by the model.
 The root-error table (`--errors`, docs/experiments.md E39) says where wrong answers go wrong: how far
@@ -21,7 +21,7 @@ The replay table asks whether the schedule alone carries the gain, or the weight
 learned it: T* with its own dynamic rule, T* replaying Ŝ, the SFT and no-RL models
 replaying the same Ŝ, and each with plain left-to-right decoding in as many steps.
 Ours, not the paper's: how Ŝ is extracted. It is one schedule shared by every block and
-every problem (from mean ranks), since only a fixed schedule can be replayed on its own.
+every problem (from mean steps), since only a fixed schedule can be replayed on its own.
 """
 import argparse
 import json
@@ -37,7 +37,7 @@ from data.tokenizer import decode
 # schedule), and eval_math never imports this file (tests/test_imports.py checks it).
 from eval_math import evaluate
 from model import CheckpointError, load_checkpoint, pick_device
-from sample import commit_ranks
+from sample import commit_order
 
 # ----------------------------------------------------------------------------- Ŝ analysis
 
@@ -99,15 +99,15 @@ def schedule_stats(fwd: torch.Tensor, block_size: int):
 
 
 def schedule_grid(fwd: torch.Tensor, tokens: torch.Tensor, block_size: int, n_blocks: int = 4):
-    """ASCII picture: for a few blocks, the within-block step rank at which each position
+    """ASCII picture: for a few blocks, the within-block step at which each position
     was committed (0 = first step; '.' = not decoded), under the decoded text."""
     # Ranks, not raw trace values: `fwd` holds the sequence's global forward index, which
     # also counts the forwards of earlier blocks, so only the order within a block reads.
     lines = []
-    ranks = commit_ranks(fwd[:n_blocks, :block_size], block_size)
-    for n in range(ranks.shape[0]):
+    steps = commit_order(fwd[:n_blocks, :block_size], block_size)
+    for n in range(steps.shape[0]):
         marks = "".join("." if r < 0 else "0123456789abcdefghijklmnopqrstuvwxyz"[min(r, 35)]
-                        for r in ranks[n].tolist())
+                        for r in steps[n].tolist())
         text = decode(tokens[n, :block_size]).ljust(block_size)[:block_size].replace("\n", " ")
         lines.append(f"  {text!s}  |  {marks}")
     return "\n".join(lines)
@@ -117,21 +117,21 @@ def derive_schedule(fwd: torch.Tensor, block_size: int):
     """Ŝ from a trace [N, A]: a list of steps, each a sorted list of in-block positions;
     every position 0..block_size-1 appears exactly once."""
     # Ŝ must be one fixed schedule for every problem, while each trace has its own. So
-    # average: a position's mean commit rank orders the positions, and the mean number
+    # average: a position's mean commit step orders the positions, and the mean number
     # of tokens committed at the j-th step sets how many the j-th step of Ŝ takes.
-    ranks, counts = [], []
+    steps, counts = [], []
     N, A = fwd.shape
-    all_ranks = commit_ranks(fwd, block_size)
+    all_steps = commit_order(fwd, block_size)
     for n in range(N):
         for s in range(0, A - block_size + 1, block_size):
-            r = all_ranks[n, s:s + block_size]
+            r = all_steps[n, s:s + block_size]
             if (r < 0).any():  # only whole blocks: a block cut by eos has no late steps
                 continue
-            ranks.append(r.float())
+            steps.append(r.float())
             counts.append(torch.bincount(r, minlength=block_size)[:block_size].float())
-    if not ranks:
+    if not steps:
         return [[p] for p in range(block_size)]  # nothing to learn from: left to right
-    mean_rank = torch.stack(ranks).mean(0)
+    mean_step = torch.stack(steps).mean(0)
     per_step = torch.stack(counts).mean(0)  # mean tokens committed at the j-th step
     # the typical number of steps a block took; the cuts below turn mean sizes into
     # whole positions and always end at the block's end, so every position is covered
@@ -139,7 +139,7 @@ def derive_schedule(fwd: torch.Tensor, block_size: int):
     sizes = per_step[:n_steps] * block_size / per_step[:n_steps].sum()
     cuts = sorted(set(min(block_size, max(1, round(float(c)))) for c in sizes.cumsum(0)))
     cuts[-1] = block_size
-    order = sorted(range(block_size), key=lambda p: (float(mean_rank[p]), p))
+    order = sorted(range(block_size), key=lambda p: (float(mean_step[p]), p))
     bounds = [0] + cuts
     return [sorted(order[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
 
@@ -155,7 +155,7 @@ def schedule_picture(schedule, block_size: int) -> str:
 
 
 def heatmap(fwd: torch.Tensor, block_size: int, path: str, title: str, n_problems: int = 40):
-    """PNG of within-block commit ranks (problem x answer position); skipped without
+    """PNG of within-block commit steps (problem x answer position); skipped without
     matplotlib. Returns the path written, or None."""
     try:
         import matplotlib
@@ -164,8 +164,8 @@ def heatmap(fwd: torch.Tensor, block_size: int, path: str, title: str, n_problem
     except ImportError:
         return None
     # NaN where nothing was decoded (after eos): imshow leaves those cells blank
-    ranks = commit_ranks(fwd[:n_problems], block_size)
-    grid = ranks.float().masked_fill(ranks < 0, float("nan"))
+    steps = commit_order(fwd[:n_problems], block_size)
+    grid = steps.float().masked_fill(steps < 0, float("nan"))
     fig, ax = plt.subplots(figsize=(8, 4))
     im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
     for s in range(block_size, fwd.shape[1], block_size):
@@ -182,9 +182,9 @@ def heatmap(fwd: torch.Tensor, block_size: int, path: str, title: str, n_problem
 
 def steps_per_block(fwd: torch.Tensor, block_size: int) -> float:
     """Mean number of denoising steps a block took (blocks with any decoded token)."""
-    ranks = commit_ranks(fwd, block_size)
-    ranks = torch.nn.functional.pad(ranks, (0, (-ranks.shape[1]) % block_size), value=-1)
-    n_steps = ranks.view(ranks.shape[0], -1, block_size).max(-1).values + 1  # 0 = not decoded
+    steps = commit_order(fwd, block_size)
+    steps = torch.nn.functional.pad(steps, (0, (-steps.shape[1]) % block_size), value=-1)
+    n_steps = steps.view(steps.shape[0], -1, block_size).max(-1).values + 1  # 0 = not decoded
     return float(n_steps[n_steps > 0].float().mean()) if (n_steps > 0).any() else 0.0
 
 

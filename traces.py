@@ -15,28 +15,27 @@ from dataclasses import dataclass
 
 import torch
 
-from data.tokenizer import MASK_ID
-from model import training_layout
-from sample import commit_ranks, policy_logprobs
+from model import training_input
+from sample import commit_order, policy_logprobs
 
 
-def round_ranks(fwd: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
+def round_index(fwd: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
     """Per-position round index of one response's trace fwd [A] (-1 = never decoded ->
     a large number, so no round ever targets or unmasks it). The round is the within-block
-    commit rank (sample.commit_ranks); shrinkage merges every `shrink` neighbouring steps of
+    commit order (sample.commit_order); shrinkage merges every `shrink` neighbouring steps of
     a block into one action."""
-    ranks = commit_ranks(fwd, block_size)
-    return torch.where(ranks >= 0, ranks // shrink, 10 ** 6)
+    rounds = commit_order(fwd, block_size)
+    return torch.where(rounds >= 0, rounds // shrink, 10 ** 6)
 
 
 def trace_rows(fwd: torch.Tensor, block_size: int, shrink: int = 1):
     """The rounds of one response's trace fwd [A]: a list of (noisy_mask [A], target [A])
-    bool pairs. Round r masks every position with rank >= r (and every never-decoded one)
-    and targets the positions with rank == r, in all blocks at once."""
-    ranks = round_ranks(fwd, block_size, shrink)
+    bool pairs. Round r masks every position with round >= r (and every never-decoded one)
+    and targets the positions with round == r, in all blocks at once."""
+    rounds = round_index(fwd, block_size, shrink)
     decoded = fwd >= 0
-    n_rounds = int(ranks[decoded].max()) + 1 if decoded.any() else 0
-    return [(ranks >= r, ranks == r) for r in range(n_rounds)]
+    n_rounds = int(rounds[decoded].max()) + 1 if decoded.any() else 0
+    return [(rounds >= r, rounds == r) for r in range(n_rounds)]
 
 
 def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int, temperature: float = 1.0):
@@ -46,8 +45,7 @@ def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int, tem
     prompts [R, P], clean [R, A] (final response), noisy_mask/target [R, A] bool.
     Returns a flat [T] tensor in row-major order of target positions."""
     P, A = prompts.shape[1], clean.shape[1]
-    pos, mask = training_layout(P, A, block_size, 0, str(clean.device))
-    idx = torch.cat([prompts, clean, clean.masked_fill(noisy_mask, MASK_ID)], 1)
+    idx, pos, mask = training_input(prompts, clean, noisy_mask, block_size)
     logits, _ = model(idx, pos=pos, mask=mask)
     lp = policy_logprobs(logits[:, P + A:], temperature).gather(-1, clean[..., None]).squeeze(-1)
     return lp[target]

@@ -31,9 +31,8 @@ import torch.nn.functional as F
 
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args, task_tensors
-from data.tokenizer import MASK_ID
 from model import (GPT, CheckpointError, GPTConfig, add_model_args, config_from_args, load_checkpoint,
-                   pick_device, save_checkpoint, training_layout)
+                   pick_device, save_checkpoint, training_input)
 
 
 # The supervised budgets of the base, shared by train.py and curriculum.py: the arithmetic is
@@ -84,8 +83,7 @@ def sft_loss(model, prompts, answers, block_size: int, gen: torch.Generator, off
     m[torch.arange(N, device=dev), force] |= ~m.any(1)  # at least one masked token
     shift = int(torch.randint(block_size, (1,), generator=gen, device=dev)) if offsets else 0
     prompts, answers, m = prompts[part], answers[part], m[part]
-    pos, mask = training_layout(prompts.shape[1], A, block_size, shift, str(dev))
-    idx = torch.cat([prompts, answers, answers.masked_fill(m, MASK_ID)], 1)
+    idx, pos, mask = training_input(prompts, answers, m, block_size, shift)
     tgt = torch.cat([torch.full_like(prompts, -1), torch.full_like(answers, -1),
                      answers.masked_fill(~m, -1)], 1)
     return ce_sum(model(idx, pos=pos, mask=mask)[0], tgt)

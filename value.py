@@ -26,8 +26,7 @@ import torch
 import torch.nn as nn
 
 import dist
-from data.tokenizer import MASK_ID
-from model import GPT, training_layout
+from model import GPT, training_input
 
 
 class ValueModel(nn.Module):
@@ -54,9 +53,7 @@ def row_values(vm, prompts, clean, noisy_mask, target, block_size: int):
     target's position in the noisy copy of the row where it is a target. Same arguments
     and flat [T] row-major order as traces.row_logprobs."""
     P, A = prompts.shape[1], clean.shape[1]
-    pos, mask = training_layout(P, A, block_size, 0, str(clean.device))
-    idx = torch.cat([prompts, clean, clean.masked_fill(noisy_mask, MASK_ID)], 1)
-    return vm(idx, pos, mask)[:, P + A:][target]
+    return vm(*training_input(prompts, clean, noisy_mask, block_size))[:, P + A:][target]
 
 
 def token_advantages(returns, values):

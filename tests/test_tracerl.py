@@ -8,18 +8,17 @@ import pytest
 import torch
 
 import rollouts
-import tracerl
 from data.task import encode_prompts, make_splits
 from data.tokenizer import decode
 from data.task import is_correct
 from model import GPTConfig
-from sample import commit_ranks, generate
+from sample import commit_order, generate
 from rollouts import group_advantages
 from tracerl import RLConfig, add_rl_args, k3, policy_loss, rl_step, run_tracerl
-from traces import round_ranks, row_logprobs, trace_rows
+from traces import round_index, row_logprobs, trace_rows
 from train import run_ar, run_sft
 
-BIG = 10 ** 6  # round_ranks' rank of a never-decoded position
+BIG = 10 ** 6  # round_index' rank of a never-decoded position
 
 
 def _bits(s):
@@ -33,25 +32,25 @@ def _bits(s):
 FWD = torch.tensor([0, 2, 1, 1, 3, 3, 5, 4, -1, -1, -1, -1])
 
 
-def test_round_ranks_by_hand():
-    assert round_ranks(FWD, 4).tolist() == [0, 2, 1, 1, 0, 0, 2, 1, BIG, BIG, BIG, BIG]
+def test_round_index_by_hand():
+    assert round_index(FWD, 4).tolist() == [0, 2, 1, 1, 0, 0, 2, 1, BIG, BIG, BIG, BIG]
     # shrinkage 2 merges ranks {0,1} -> 0 and {2} -> 1 inside each block
-    assert round_ranks(FWD, 4, shrink=2).tolist() == [0, 1, 0, 0, 0, 0, 1, 0, BIG, BIG, BIG, BIG]
+    assert round_index(FWD, 4, shrink=2).tolist() == [0, 1, 0, 0, 0, 0, 1, 0, BIG, BIG, BIG, BIG]
     # forward indices need not be contiguous; ranks are taken inside each block
-    assert round_ranks(torch.tensor([7, 3, 3, 9, 20, 11]), 3).tolist() == [1, 0, 0, 0, 2, 1]
+    assert round_index(torch.tensor([7, 3, 3, 9, 20, 11]), 3).tolist() == [1, 0, 0, 0, 2, 1]
     # a block cut short by eos (trailing -1) and shrink 3 over 8 one-token steps
-    assert round_ranks(torch.tensor([4, 5, -1, -1]), 4).tolist() == [0, 1, BIG, BIG]
-    assert round_ranks(torch.arange(8), 8, shrink=3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert round_index(torch.tensor([4, 5, -1, -1]), 4).tolist() == [0, 1, BIG, BIG]
+    assert round_index(torch.arange(8), 8, shrink=3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
 
 
-def test_commit_ranks_matches_a_per_block_reference():
-    """sample.commit_ranks (vectorised, any leading shape, A not a multiple of B) against
+def test_commit_order_matches_a_per_block_reference():
+    """sample.commit_order (vectorised, any leading shape, A not a multiple of B) against
     the plain definition: the index of a position's forward among its block's sorted
     distinct forwards."""
     g = torch.Generator().manual_seed(0)
     fwd = torch.randint(-1, 6, (5, 11), generator=g)
     for B in (1, 3, 4, 11):
-        got = commit_ranks(fwd, B)
+        got = commit_order(fwd, B)
         assert got.shape == fwd.shape
         for n in range(5):
             for s in range(0, 11, B):
@@ -60,7 +59,7 @@ def test_commit_ranks_matches_a_per_block_reference():
                 want = torch.full_like(blk, -1)
                 want[dec] = torch.searchsorted(torch.unique(blk[dec]), blk[dec])
                 assert torch.equal(got[n, s:s + B], want), (B, n, s)
-    assert torch.equal(commit_ranks(FWD, 4), round_ranks(FWD, 4).masked_fill(FWD < 0, -1))
+    assert torch.equal(commit_order(FWD, 4), round_index(FWD, 4).masked_fill(FWD < 0, -1))
 
 
 def test_trace_rows_by_hand():

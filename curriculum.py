@@ -67,10 +67,7 @@ def parse_stages(text: str, answer_len: int):
     # Checked before any training, so a bad ladder fails in a second, not after the AR
     # stage. Strictly increasing: each stage starts from the previous one's weights and
     # only ever grows the block (the curriculum's whole point).
-    try:
-        stages = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--stages must be comma-separated integers, got {text!r}") from None
+    stages = parse_list(text, int, "--stages")
     if not stages:
         raise ValueError("--stages is empty; give block sizes like 4,8,16")
     if any(b <= 0 for b in stages):
@@ -123,14 +120,15 @@ class Run:
         """Is `name` there and still the child of `parent`'s current bytes? Each checkpoint
         records its parent file's sha256 (`save`); a parent rebuilt since means the child
         came from weights that no longer exist, so it is rebuilt too, and in turn its own
-        children. A checkpoint saved before parents were recorded is kept."""
+        children. A checkpoint without a recorded parent is rebuilt too."""
         if not os.path.exists(self.path(name)) or parent is None:
             return os.path.exists(self.path(name))
         with open(self.path(name) + ".json") as f:
             recorded = json.load(f).get("parent_sha256")
-        if recorded in (None, self.digest(parent)):
+        if recorded == self.digest(parent):
             return True
-        print(f"{name}: its parent {parent} has changed since it was trained; rebuilding", flush=True)
+        print(f"{name}: not trained from the current {parent} (changed since, or not recorded); rebuilding",
+              flush=True)
         return False
 
     def digest(self, name):
@@ -251,7 +249,7 @@ def main():
     except ValueError as e:
         sys.exit(f"error: {e}" if dist.is_main() else 1)
     try:
-        if seeds is None:  # one seed, straight into --out (as before --seeds existed)
+        if seeds is None:  # one seed, straight into --out
             run_ladder(a, cfg, stages, dev, a.out, a.seed, defaults, mix)
         else:  # one complete ladder per training seed, then the table over seeds
             for s in seeds:
@@ -266,10 +264,7 @@ def main():
 
 def parse_seeds(text: str):
     """'0,1,2' -> [0, 1, 2]; one-line ValueError for anything else."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    seeds = parse_list(text, int, "--seeds")
     # distinct: a repeated seed would train one ladder into one folder twice and count
     # twice in the mean over seeds
     if not seeds or len(set(seeds)) != len(seeds):

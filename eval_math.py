@@ -61,11 +61,13 @@ def sweep_jobs(thresholds=SWEEP_THRESHOLDS):
 
 
 def parse_list(text: str, kind=float, what="--sweep-thresholds"):
-    """'0.5,0.7' -> [0.5, 0.7] (kind=int for block sizes); one-line ValueError otherwise."""
+    """'0.5,0.7' -> [0.5, 0.7] (kind=int: '4,8' -> [4, 8]); one-line ValueError otherwise. The one
+    comma-list parser of the flags (--stages, --seeds, --block-size, --sweep-thresholds)."""
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        noun = "integers" if kind is int else "numbers"
+        raise ValueError(f"{what} must be comma-separated {noun}, got {text!r}") from None
 
 
 @torch.no_grad()

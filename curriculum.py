@@ -169,7 +169,7 @@ class Run:
 def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0):
     """TraceRL at block_size from checkpoint `parent`, saved as `name` (skipped if present
     and still `parent`'s child): at most `steps` RL steps, or until its trace rows reach
-    max_rows (0 = no row budget). With --ref-kl the reference is the stage's start."""
+    max_rows (0 = no row budget). With --ref-kl-beta the reference is the stage's start."""
     if run.have(name, parent):
         return run.load(name)[1]
     model, meta = run.load(parent)

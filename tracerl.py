@@ -29,7 +29,7 @@ the training layout. With --shrink > 1 the rows are not the sampler's states (a 
 round masks tokens that were visible when its later targets were sampled), so π_old is
 recomputed in the training layout once per step. Simplified from the paper: no value model
 by default (`--value-model` adds the diffusion value model of value.py: A_t = R − V(s_t)),
-a binary reward, no reference model by default (`--ref-kl β` adds a k3 KL to the frozen
+a binary reward, no reference model by default (`--ref-kl-beta β` adds a k3 KL to the frozen
 weights the stage started from). The research options of round 3 were removed in issue 28
 (docs/experiments.md names the commit that last had each). Under torchrun the P prompts are
 split across ranks (each prompt's K samples on one rank), the loss is normalised by global
@@ -77,7 +77,7 @@ def policy_loss(new_lp, old_lp, adv, weight, eps: float = 0.2, beta: float = 0.0
 
 
 def reference_penalty(new_lp, ref_lp, weight, beta: float):
-    """β · k3 KL of the policy to a frozen reference (--ref-kl), per target token, weighted
+    """β · k3 KL of the policy to a frozen reference (--ref-kl-beta), per target token, weighted
     like the policy loss. The KL in policy_loss is to π_old, the weights that sampled: at
     --updates 1 it is exactly 0, so nothing there keeps a stage near where it started.
     This term does (TraceRL's and most RL recipes' reference model). It is taken on the RL
@@ -103,7 +103,7 @@ class RLConfig:
     threshold: float       # θ of the rollouts' dynamic decoding
     temperature: float
     commit_distance: int
-    ref_kl: float          # β of the KL to the stage's starting weights (0 = off)
+    ref_kl_beta: float     # β of the KL to the stage's starting weights (0 = off)
     shrink: int
     updates: int           # optimiser steps per RL step
     micro_batch: int
@@ -127,7 +127,7 @@ class RLConfig:
 
 def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None):
     """rollouts -> rewards -> advantages -> trace rows -> update. `ref`: the frozen
-    reference of --ref-kl (None = no reference term). Returns a log dict."""
+    reference of --ref-kl-beta (None = no reference term). Returns a log dict."""
     t0 = time.time()
     own = dist.rank_generator(gen)  # `gen` itself in one process
     ro = rollout(model, problems, gen, n_prompts=cfg.n_prompts, k=cfg.k, block_size=cfg.block_size,
@@ -144,7 +144,7 @@ def pick_responses(ro, adv, band, k: int, critic=None):
         # A response with a zero advantage adds only KL terms to the loss. At the first
         # optimiser step (all of --updates 1) ρ = 1 and the reference is where the stage
         # started, so their gradient is 0 or small; its rows are not built at all. With
-        # --updates > 1 or --ref-kl that drops the KL pull these responses would add: a
+        # --updates > 1 or --ref-kl-beta that drops the KL pull these responses would add: a
         # simplification that saves most of the rows.
         return (adv != 0).nonzero().squeeze(1).tolist()
     # With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
@@ -221,7 +221,7 @@ def optimise(model, opt, rows, cfg: RLConfig, gen, dev, critic=None, v_old=None,
     """cfg.updates optimiser steps over this rank's trace rows (None: none here), shuffled
     and split into equal chunks, micro-batches accumulating into each step. With a critic
     the value model (V_old, returns ret) takes a step alongside; with rows.ref the reference
-    penalty (--ref-kl) joins the loss. Returns this rank's sums (loss, clipped tokens, k3,
+    penalty (--ref-kl-beta) joins the loss. Returns this rank's sums (loss, clipped tokens, k3,
     value loss, target tokens, reference k3) for the caller to add up over ranks."""
     n_rows = len(rows) if rows is not None else 0
     model.train()
@@ -247,7 +247,7 @@ def optimise(model, opt, rows, cfg: RLConfig, gen, dev, critic=None, v_old=None,
             loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, cfg.clip_eps, cfg.kl_beta)
             ref_kl = 0.0
             if rows.ref is not None:
-                ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, cfg.ref_kl)
+                ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, cfg.ref_kl_beta)
                 loss, ref_kl = loss + ref_loss, ref_kl.item()
             loss.backward()
             n = len(tok)
@@ -280,11 +280,11 @@ def optimise(model, opt, rows, cfg: RLConfig, gen, dev, critic=None, v_old=None,
 
 def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0):
     """A TraceRL stage: up to cfg.steps RL steps, stopping early once the stage's trace
-    rows reach cfg.max_rows (0 = never; --max-rows). With --ref-kl > 0 the reference is a
+    rows reach cfg.max_rows (0 = never; --max-rows). With --ref-kl-beta > 0 the reference is a
     frozen copy of the weights the stage starts from. Returns history."""
     dev = next(model.parameters()).device
     dist.broadcast_params(model)
-    ref = frozen(model) if cfg.ref_kl > 0 else None
+    ref = frozen(model) if cfg.ref_kl_beta > 0 else None
     gen = torch.Generator(device=dev).manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     critic = Critic(model, cfg.value_lr, cfg.value_clip) if cfg.value_model else None
@@ -311,7 +311,7 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0):
 
 
 def frozen(model):
-    """A copy of `model` that never trains: the reference of --ref-kl."""
+    """A copy of `model` that never trains: the reference of --ref-kl-beta."""
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -325,7 +325,7 @@ def add_rl_args(ap):
     ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (higher ones cost B=4 accuracy: docs/experiments.md E4, E6)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
     add_rollout_args(ap)  # steps 1-3's flags (rollouts.py)
-    ap.add_argument("--ref-kl", type=float, default=0.0,
+    ap.add_argument("--ref-kl-beta", type=float, default=0.0,
                     help="β of a k3 KL to a frozen reference, the weights the stage starts from; 0 = off")
     ap.add_argument("--shrink", type=int, default=1, help="merge every s neighbouring trace steps")
     ap.add_argument("--updates", type=int, default=1,

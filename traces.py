@@ -66,7 +66,7 @@ class TraceRows:
     adv: torch.Tensor      # [T] its advantage (with a critic: built as the return R, then R − V_old)
     weight: torch.Tensor   # [T] 1 / (L_resp * n_resp): a response's weights sum to 1 / n_resp
     offsets: torch.Tensor  # [R + 1] (CPU)
-    ref: torch.Tensor = None  # [T] the frozen reference's log-prob (--ref-kl), set by rl_update
+    ref: torch.Tensor = None  # [T] the frozen reference's log-prob (--ref-kl-beta), set by rl_update
 
     def __len__(self):
         return self.prompt.shape[0]

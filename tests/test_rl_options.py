@@ -58,7 +58,7 @@ def test_reference_penalty_value_and_gradient():
 
 
 def test_reference_kl_starts_at_zero_and_grows_after_a_step(monkeypatch, tiny_model, level1_rows):
-    """--ref-kl: the reference is the stage's starting weights, so the first update is
+    """--ref-kl-beta: the reference is the stage's starting weights, so the first update is
     on-policy (clip 0, KL to π_old 0) with a zero reference term; once the weights have moved
     the reference term is non-zero, and the frozen copy itself never changes."""
     monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
@@ -67,7 +67,7 @@ def test_reference_kl_starts_at_zero_and_grows_after_a_step(monkeypatch, tiny_mo
     seen = []
     real = tracerl.rl_step
     monkeypatch.setattr(tracerl, "rl_step", lambda *args: seen.append(args[-1]) or real(*args))
-    a = rl_args(n_prompts=3, k=4, lr=1e-2, steps=3, ref_kl=0.1)
+    a = rl_args(n_prompts=3, k=4, lr=1e-2, steps=3, ref_kl_beta=0.1)
     hist = run_tracerl(m, level1_rows, a, name="t")
     assert hist[0]["clip"] == 0.0 and abs(hist[0]["kl"]) < 1e-9 and abs(hist[0]["ref_kl"]) < 1e-9
     assert max(h["ref_kl"] for h in hist[1:]) > 1e-6
@@ -142,7 +142,7 @@ def test_curriculum_runs_with_every_option(tmp_path):
     table. (The value model trains on every response of a group in the band, so T* builds
     rows even where this barely trained model gets every answer wrong.)"""
     from test_curriculum import TINY, _rows, curriculum
-    p = curriculum(*TINY, "--ref-kl", "0.05", "--value-model", "--temperature", "1.3", "--commit-distance", "3",
+    p = curriculum(*TINY, "--ref-kl-beta", "0.05", "--value-model", "--temperature", "1.3", "--commit-distance", "3",
                    "--direct-budget", "rows", "--sweep-thresholds", "", "--out", str(tmp_path / "opt"))
     assert p.returncode == 0, p.stderr[-3000:]
     assert {r["distance"] for r in _rows(str(tmp_path / "opt"))[0].values()} == {3}

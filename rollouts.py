@@ -66,7 +66,7 @@ def rollout(model, problems, gen, *, n_prompts: int, k: int, block_size: int, th
     sampling distribution, whose log-probs the sampler records and the update recomputes
     (traces.row_logprobs at the same temperature). Returns a dict of CPU tensors: the
     sampler's outputs (tokens, fwd, logp, n_gen, nfe, finished; [N = G * K, ...]) plus
-    prompts [N, P] and reward [G, K] for this rank's G groups."""
+    prompts [N, prompt_len] and reward [G, K] for this rank's G groups."""
     dev = next(model.parameters()).device
     pick = torch.randint(len(problems), (n_prompts,), generator=gen, device=dev).tolist()
     group = [problems[i] for i in pick[dist.rank()::dist.world()]]

@@ -142,7 +142,7 @@ def floors(model, rows, tokens_per_fwd, a):
     return weight_bytes / (a.mem_bw_gbs * 1e9) * 1e3, flops / (a.peak_tflops * 1e12) * 1e3
 
 
-def decode_rows(model, prompts, a, dev, label):
+def decode_table(model, prompts, a, dev, label):
     P = model.cfg.prompt_len
     table = []
     for N in a.batches:
@@ -186,7 +186,7 @@ def row(model, label, path, B, rule, N, secs, out, fwd, tokens_per_fwd, ar_tps, 
             str(fwd), f"{secs / fwd * 1e3:.3f}", f"{tps / ar_tps:.2f}x", f"{mem:.3g} / {flop:.3g}"]
 
 
-def train_rows(model, rows, a, dev, label):
+def train_table(model, rows, a, dev, label):
     """Tokens/s of one AR and one block-SFT optimiser step; rollout sequences/s."""
     import rollouts
     from train import ar_loss, sft_loss
@@ -314,13 +314,13 @@ def main():
           f"best of <= {a.reps} timed calls after one warm-up; batch 1 = {a.seqs} prompts one by one; "
           f"ratios are side by side in this run\n", flush=True)
 
-    table = decode_rows(model, prompts, a, dev, label)
+    table = decode_table(model, prompts, a, dev, label)
     print(markdown(["device", "path", "B", "rule", "batch", "tok/s", "TPF", "fwd", "ms/fwd", "vs AR",
                     "floor ms (mem / FLOP)"], table))
     if a.train:
         print()
         print(markdown(["device", "what", "B", "batch", "tokens/s", "sequences/s", "ms"],
-                       train_rows(model, rows, a, dev, label)))
+                       train_table(model, rows, a, dev, label)))
     print(f"\n({time.time() - t_start:.0f}s)")
 
 

@@ -18,13 +18,15 @@ bigger one, and how confident it is there (mask dilution, docs/design.md §3).
 
 Decoding is greedy (temperature 0) unless --temperature is given: then --samples decodes per
 problem, each from its own seed, and the row's accuracy is their mean (the field's metric is
-`--samples 3 --temperature 1`, dynamic θ 0.9; greedy rows are a property of the weights alone). Grading is the task's (data/task.py: the number after the last
-'####', exact match; an answer that never produced <|eos|> is wrong). The Ŝ analysis of
+`--samples 3 --temperature 1`, dynamic θ 0.9; greedy rows are a property of the weights
+alone). Grading is the task's (data/task.py: the number after the last '####', exact
+match; an answer that never produced <|eos|> is wrong). The Ŝ analysis of
 the traces (order statistics, grids, replay) is schedule.py's, which builds on this file.
 
 `evaluate_all` is curriculum.py's evaluation: every checkpoint of a run at every block
-size, every decode of `eval_jobs` (the main table's and the frontier sweep's), cached in
-the run's eval.json by the checkpoint's sha256 and dealt out across torchrun ranks. The commit
+size, every decode of `eval_jobs` (the main table's, greedy and mean@3, and the frontier
+sweep's), cached in the run's eval.json by the checkpoint's sha256 and dealt out across
+torchrun ranks. The commit
 distance per block and the Ŝ statistics per row come in as arguments from curriculum.py,
 since schedule.py imports this file.
 """
@@ -154,7 +156,7 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
 
     run: the run folder (curriculum.Run: .out, .load(name), .digest(name)); a: curriculum.py's
     flags (--eval-threshold, --sweep-thresholds, --eval-samples, --eval-temperature);
-    distance: {B: commit distance at B} (curriculum.reach); row_stats(fwd, B): extra fields of
+    distance: {B: commit distance at B} (--commit-distance); row_stats(fwd, B): extra fields of
     a row from its decode's traces (schedule.schedule_stats, the Ŝ statistics)."""
     cache_path = os.path.join(run.out, "eval.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
@@ -312,10 +314,10 @@ def main():
         print(json.dumps(results if a.sweep else results[0]))
     elif not a.sweep:
         row = results[0]
-        spread = (f" (mean of {a.samples} at T={a.temperature:g}: min {100 * row['acc_min']:.1f}, "
+        how = (f" (mean of {a.samples} at T={a.temperature:g}: min {100 * row['acc_min']:.1f}, "
                   f"max {100 * row['acc_max']:.1f})") if a.samples > 1 else f" (T={a.temperature:g})"
         print(f"{a.ckpt}  B={row['block_size']} rule={row['rule']} D={a.commit_distance} "
-              f"W={model.cfg.mask_window}  acc {100 * row['accuracy']:.1f}%{spread}  "
+              f"W={model.cfg.mask_window}  acc {100 * row['accuracy']:.1f}%{how}  "
               f"TPF {row['tpf']:.2f}  {row['tokens_per_s']:.0f} tok/s  ({row['n']} problems, "
               f"{row['device']}, seed {row['seed']}, {row['seconds']:.1f}s)")
     else:

@@ -249,9 +249,9 @@ def scale_row(folder, threshold=0.9):
     gap = [100 * (p[(f"tstar{Bl}", Bl, "dynamic", threshold)]["accuracy"]
                   - p[(f"direct{Bl}", Bl, "dynamic", threshold)]["accuracy"]) for p in per_seed]
     sft = f"sft{B0}"
-    # a run that decodes within a commit distance (--reach-previous) says so in its name
-    reach = [(B, per_seed[0][(sft, B, "dynamic", threshold)].get("distance", 0)) for B in blocks]
-    name = os.path.normpath(folder) + "".join(f", D={d} at B={B}" for B, d in reach if d)
+    # a run that decodes within a commit distance (--commit-distance) says so in its name
+    dist_at = [(B, per_seed[0][(sft, B, "dynamic", threshold)].get("distance", 0)) for B in blocks]
+    name = os.path.normpath(folder) + "".join(f", D={d} at B={B}" for B, d in dist_at if d)
     return ([name, f"{params / 1e6:.2f}M", f"{cfg.n_layer}x{cfg.n_embd}",
              f"{st['ar_steps']}/{st['sft_steps']}", str(len(per_seed))]
             + [cell(sft, B, rule) for B in blocks for rule in ("dynamic", "ltr")]
@@ -360,7 +360,7 @@ if __name__ == "__main__":
                     f"Accuracy %, greedy, on the test split; dynamic = θ {a.threshold}, ltr = one token per step "
                     "left to right; a row over several seeds shows the mean (min-max). sft cells: the first "
                     "stage's SFT model decoded at every block size; T*, direct, no-RL: the last stage's "
-                    "checkpoints at the last block size. D = the commit distance a --reach-previous run "
+                    "checkpoints at the last block size. D = the commit distance a --commit-distance run "
                     "decodes with.", ""]
         else:
             head = ["# Frontier comparison", "", "    python report.py --frontier " + " ".join(runs), "",

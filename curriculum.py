@@ -45,7 +45,7 @@ from dataclasses import asdict
 
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
-from eval_math import SWEEP_THRESHOLDS, evaluate_all, parse_list
+from eval_math import SWEEP_THRESHOLDS, EvalPlan, evaluate_all, parse_list
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, file_sha256, load_checkpoint,
                    pick_device, save_checkpoint, write_json)
@@ -339,10 +339,11 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None, mix=None):
             ([f"direct{B_last}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
     # Ŝ statistics are handed in (schedule.py imports eval_math); every B decodes at
     # --commit-distance, as the rollouts did
-    results = evaluate_all(run, names, stages, test_rows, a, seed,
+    plan = EvalPlan.from_args(a)
+    results = evaluate_all(run, names, stages, test_rows, plan, seed,
                            distance={B: a.commit_distance for B in stages}, row_stats=schedule_stats)
     if dist.is_main():
-        report(run, names, stages, results, run.add_time(), a, seed)
+        report(run, names, stages, results, run.add_time(), plan, seed)
         pictures(run, names, stages, results)
     return results
 

@@ -35,6 +35,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -128,17 +129,34 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
                 texts=texts, correct=correct, out=out)
 
 
-def eval_jobs(a):
+@dataclass(frozen=True)
+class EvalPlan:
+    """What curriculum.py decodes for every checkpoint at every block size (its --eval-* and
+    --sweep-thresholds flags): the main table's dynamic θ, the θ of the greedy frontier sweep
+    (empty: the main table only), and the sampled mean@N (samples 0 = greedy only)."""
+    threshold: float = 0.9
+    sweep: tuple = SWEEP_THRESHOLDS
+    samples: int = 3
+    temperature: float = 1.0
+
+    @classmethod
+    def from_args(cls, a):
+        return cls(a.eval_threshold, tuple(parse_list(a.sweep_thresholds)), a.eval_samples, a.eval_temperature)
+
+
+def eval_jobs(plan: EvalPlan):
     """(rule, θ) of the decodes of every checkpoint at every block size: the main table's
-    (dynamic at --eval-threshold, static and, unless --eval-samples is 0, "sampled": dynamic at
-    --eval-threshold at --eval-temperature, the mean over --eval-samples decodes: the field's
-    mean@3) and, unless --sweep-thresholds is empty, the greedy frontier sweep around them
-    (dynamic at every θ, static and ltr). `a`: curriculum.py's flags."""
-    # --eval-threshold joins the sweep, so the main table's dynamic row is one of the
+    (dynamic at plan.threshold, static and, unless plan.samples is 0, "sampled": dynamic at
+    plan.threshold and plan.temperature, the mean over plan.samples decodes, the field's mean@3)
+    and, unless plan.sweep is empty, the greedy frontier sweep around them (dynamic at every
+    θ, static and ltr)."""
+    # the main table's θ joins the sweep, so the main table's dynamic row is one of the
     # sweep's decodes (same cache key), never decoded twice
-    thetas = parse_list(a.sweep_thresholds)
-    jobs = sweep_jobs(thetas + [a.eval_threshold]) if thetas else [("dynamic", a.eval_threshold), ("static", None)]
-    return jobs + ([("sampled", a.eval_threshold)] if a.eval_samples > 0 else [])
+    if plan.sweep:
+        jobs = sweep_jobs(list(plan.sweep) + [plan.threshold])
+    else:
+        jobs = [("dynamic", plan.threshold), ("static", None)]
+    return jobs + ([("sampled", plan.threshold)] if plan.samples > 0 else [])
 
 
 def cache_key(name, B, rule, t, distance, temperature=0.0, samples=1):
@@ -147,15 +165,14 @@ def cache_key(name, B, rule, t, distance, temperature=0.0, samples=1):
     return f"{name}|{B}|{rule}|{t}|{distance}" + (f"|T{temperature:g}x{samples}" if rule == "sampled" else "")
 
 
-def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
+def evaluate_all(run, names, stages, test_rows, plan: EvalPlan, seed, distance, row_stats):
     """Every checkpoint of curriculum.py's run at every block size, every decode of
     eval_jobs; cached in eval.json by the checkpoint file's sha256 (curriculum.Run.digest, the same
     freshness test the resume uses), so a resumed run only evaluates what changed.
     Under torchrun each checkpoint's evaluations are dealt out across ranks and gathered
     (tokens/s then shares the machine). Returns the rows, checkpoint by checkpoint, in job order.
 
-    run: the run folder (curriculum.Run: .out, .load(name), .digest(name)); a: curriculum.py's
-    flags (--eval-threshold, --sweep-thresholds, --eval-samples, --eval-temperature);
+    run: the run folder (curriculum.Run: .out, .load(name), .digest(name)); plan: what to decode;
     distance: {B: commit distance at B} (--commit-distance); row_stats(fwd, B): extra fields of
     a row from its decode's traces (schedule.schedule_stats, the Ŝ statistics)."""
     cache_path = os.path.join(run.out, "eval.json")
@@ -166,8 +183,8 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
         # the digest ties a cached row to these exact bytes: a rebuilt stage is evaluated again,
         # the untouched checkpoints are not
         stamp = run.digest(name)
-        key = lambda B, rule, t: cache_key(name, B, rule, t, distance[B], a.eval_temperature, a.eval_samples)
-        jobs = [(B, rule, t) for B in stages for rule, t in eval_jobs(a)]
+        key = lambda B, rule, t: cache_key(name, B, rule, t, distance[B], plan.temperature, plan.samples)
+        jobs = [(B, rule, t) for B in stages for rule, t in eval_jobs(plan)]
         todo = [(B, rule, t) for B, rule, t in jobs
                 if key(B, rule, t) not in cache or cache[key(B, rule, t)]["stamp"] != stamp]
         new = {}
@@ -175,9 +192,9 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
         for B, rule, t in tqdm(todo[dist.rank()::dist.world()], desc=f"eval {name}", unit="decode",
                                leave=False, disable=None if dist.is_main() else True):
             sampled = rule == "sampled"
-            r = evaluate(model, test_rows, B, "dynamic" if sampled else rule, a.eval_threshold if t is None else t,
-                         seed=seed, distance=distance[B], temperature=a.eval_temperature if sampled else 0.0,
-                         samples=a.eval_samples if sampled else 1)
+            r = evaluate(model, test_rows, B, "dynamic" if sampled else rule, plan.threshold if t is None else t,
+                         seed=seed, distance=distance[B], temperature=plan.temperature if sampled else 0.0,
+                         samples=plan.samples if sampled else 1)
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
             row["rule"] = rule  # "sampled" rows are kept apart from the greedy frontier
             row.update(row_stats(r["out"]["fwd"], B))  # Ŝ from the same traces: no second decode
@@ -190,7 +207,7 @@ def evaluate_all(run, names, stages, test_rows, a, seed, distance, row_stats):
             row = cache[key(B, rule, t)]
             how = rule if t is None else f"{rule} θ={t:g}"
             if rule == "sampled":
-                how = f"mean@{a.eval_samples} T={a.eval_temperature:g} θ={t:g}"
+                how = f"mean@{plan.samples} T={plan.temperature:g} θ={t:g}"
             print(f"eval {name:>9} @ B={B:<3} {how:>14}: acc {100 * row['accuracy']:5.1f}%  "
                   f"TPF {row['tpf']:.2f}", flush=True)
         results += [cache[key(B, rule, t)] for B, rule, t in jobs]

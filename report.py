@@ -108,20 +108,20 @@ def rule_name(rule, rows):
     return f"mean@{next(r['samples'] for r in rows if r['rule'] == 'sampled')}"
 
 
-def report(run, names, stages, results, wall, a, seed):
+def report(run, names, stages, results, wall, plan, seed):
     """results.md, results.json and the table on stdout. The main table shows the main
     decodes (dynamic at --eval-threshold, static); the frontier table condenses the sweep.
     `wall`: the run's wall.json record, {seconds, invocations}, summed over its resumes."""
     by_key = {(r["method"], r["decode_block"], r["rule"], r["threshold"]): r for r in results}
     # the main table's cell: static rows carry no θ, dynamic and sampled ones the --eval-threshold one
-    get = lambda k: by_key[k + ((None,) if k[2] == "static" else (a.eval_threshold,))]
+    get = lambda k: by_key[k + ((None,) if k[2] == "static" else (plan.threshold,))]
     rules = main_rules(results)
     runs = f" (summed over {wall['invocations']} invocations)" if wall["invocations"] > 1 else ""
     lines = [f"# T* results: --stages {','.join(map(str, stages))}",
              "",
-             f"{results[0]['n']} test problems. dynamic = greedy, θ = {a.eval_threshold}; "
-             + (f"mean@{a.eval_samples} = the mean accuracy of {a.eval_samples} decodes at temperature "
-                f"{a.eval_temperature:g} with the same rule (the field's metric); " if "sampled" in rules else "")
+             f"{results[0]['n']} test problems. dynamic = greedy, θ = {plan.threshold}; "
+             + (f"mean@{plan.samples} = the mean accuracy of {plan.samples} decodes at temperature "
+                f"{plan.temperature:g} with the same rule (the field's metric); " if "sampled" in rules else "")
              + f"static = greedy, one token per step. Cells: accuracy % / tokens per forward. "
              f"Device {results[0]['device']}, seed {seed}, wall time {wall['seconds'] / 60:.1f} min{runs}. "
              f"Commit distance per B (0 = anywhere in the block): "
@@ -136,7 +136,7 @@ def report(run, names, stages, results, wall, a, seed):
                 r = get((n, B, rule))
                 cells.append(f"{100 * r['accuracy']:.1f} / {r['tpf']:.2f}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += frontier_section(results, names, stages, a)
+    lines += frontier_section(results, names, stages, plan)
     lines += ["", "Ŝ, from the dynamic-rule traces at each checkpoint's own block size "
                   "(left-to-right fraction of steps, Kendall τ position vs step, tokens per step):", ""]
     lines += ["| checkpoint | decode B | left-to-right | Kendall τ | tokens/step |", "|---|---|---|---|---|"]
@@ -169,7 +169,7 @@ def report(run, names, stages, results, wall, a, seed):
     print("\n" + text)
 
 
-def frontier_section(results, names, stages, a):
+def frontier_section(results, names, stages, plan):
     """results.md's frontier table: the best accuracy each checkpoint reaches at TPF ≥ 2 and
     ≥ 3 among all its decodes at a block size, and what the sweep cost. The main table
     answers "how good at θ = 0.9"; this one the paper's question, "how good at a given
@@ -178,7 +178,7 @@ def frontier_section(results, names, stages, a):
     if len(thetas) < 2:
         return []
     main = [r for r in results if (r["rule"], r["threshold"]) in
-            (("dynamic", a.eval_threshold), ("static", None), ("sampled", a.eval_threshold))]
+            (("dynamic", plan.threshold), ("static", None), ("sampled", plan.threshold))]
     total = sum(r["seconds"] for r in results)
     extra = total - sum(r["seconds"] for r in main)
     return (["", "Frontier (frontier.png): the best accuracy % / its TPF (decode) at each TPF floor, among "

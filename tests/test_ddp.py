@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 
 import dist  # noqa: E402
 from data.task import encode_prompts, make_splits, task_tensors  # noqa: E402
-from eval_math import evaluate_all  # noqa: E402
+from eval_math import EvalPlan, evaluate_all  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from sample import generate  # noqa: E402
 from tracerl import RLConfig, add_rl_args, rl_update  # noqa: E402
@@ -118,8 +118,8 @@ def evaluations(out):
     """evaluate_all over both checkpoints at B = 4 and 8 (dynamic at two θ, static, ltr, and
     the mean of 2 sampled decodes at T=1: 10 decodes per checkpoint, 5 per rank under two) ->
     its rows, without the clock's fields (tokens/s differ between runs) and the checkpoint's digest."""
-    a = argparse.Namespace(eval_threshold=0.9, sweep_thresholds="0.5", eval_samples=2, eval_temperature=1.0)
-    rows = evaluate_all(FakeRun(out), FakeRun.names, [4, 8], make_splits(1, 0, 6, 0)[1], a, 0,
+    plan = EvalPlan(threshold=0.9, sweep=(0.5,), samples=2, temperature=1.0)
+    rows = evaluate_all(FakeRun(out), FakeRun.names, [4, 8], make_splits(1, 0, 6, 0)[1], plan, 0,
                         distance={4: 0, 8: 0},
                         row_stats=lambda fwd, B: {"last_forward": int(fwd.max())})
     return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "seconds", "stamp")} for r in rows]

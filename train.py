@@ -1,6 +1,7 @@
 """Supervised stages: AR pre-training, then block-diffusion SFT (the AR init of the MDM).
 
     python train.py                                   # AR pre-train + SFT at B=4 -> runs/default
+    python train.py --sft-block-mix 4:0.8,8:0.15,16:0.05   # the curriculum's default base (--sft-tail 0.2)
     python train.py --stage ar --out runs/x
     python train.py --stage sft --block-size 8 --init runs/x/ar.pt --out runs/x
     python train.py --train-jsonl my/train.jsonl --test-jsonl my/test.jsonl --prompt-len 64 --max-seq-len 160
@@ -19,6 +20,9 @@ grid by a random 0..B-1, so no answer position is always a block start. We found
 (docs/design.md §4) that without it a B=4 model is never right at B=8 (block starts never saw masked
 predecessors), which leaves RL at B=8 no reward to learn from. `--no-block-offsets`
 turns it off.
+
+Also ours: `--sft-block-mix` draws each SFT batch at a block size from a mix (the SFT tail,
+docs/design.md §4): a base that keeps most of its accuracy at bigger blocks, as the paper's do.
 """
 import argparse
 import math

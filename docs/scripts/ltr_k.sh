@@ -7,5 +7,5 @@ run=$1
 for spec in "sft4 4 1" "sft4 16 4" "sft4 16 2" "tstar16 16 4" "tstar16 16 2" "direct16 16 4" "direct16 16 2" "norl16 16 4"; do
   set -- $spec
   printf '%s B=%s ltr k=%s: ' $1 $2 $(( $2 / $3 ))
-  OMP_NUM_THREADS=1 python eval_math.py --ckpt $run/$1.pt --block-size $2 --rule ltr --steps $3 2>&1 | tail -1
+  OMP_NUM_THREADS=1 python eval_math.py --ckpt $run/$1.pt --block-size $2 --rule ltr --steps-per-block $3 2>&1 | tail -1
 done

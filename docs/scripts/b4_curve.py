@@ -3,6 +3,7 @@ mean@3 accuracy on held-out problems printed every --every steps.
 
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --steps 75
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --shuffle-rewards   # control
+    python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --ref-kl-beta 0.1   # + KL to the base
 
 The loop is tracerl.run_tracerl's (same optimiser, same rl_step), only cut every --every steps
 for an evaluation on the first --n test problems (dynamic θ 0.9: greedy, and the mean of 3 decodes
@@ -23,7 +24,7 @@ import tracerl  # noqa: E402
 from data.task import load_task  # noqa: E402
 from eval_math import evaluate  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from tracerl import RLConfig, add_rl_args, rl_step  # noqa: E402
+from tracerl import RLConfig, add_rl_args, frozen, rl_step  # noqa: E402
 
 ap = argparse.ArgumentParser(description="TraceRL at one block size, with the accuracy curve")
 ap.add_argument("--ckpt", required=True, help="starting checkpoint")
@@ -59,9 +60,10 @@ def curve_point(step):
 # run_tracerl's optimiser and generator, with an evaluation every --every steps
 gen = torch.Generator().manual_seed(a.seed)
 opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+ref = frozen(model) if cfg.ref_kl_beta > 0 else None  # --ref-kl-beta: a KL to the starting weights
 curve_point(0)
 for i in range(cfg.steps):
-    log = rl_step(model, opt, train_rows, cfg, gen)
+    log = rl_step(model, opt, train_rows, cfg, gen, ref=ref)
     print(f"step {i + 1:3d} | reward {log['reward']:.3f} | kept {log['kept']:2d} | TPF {log['tpf']:.2f}", flush=True)
     if (i + 1) % a.every == 0:
         curve_point(i + 1)

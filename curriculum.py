@@ -244,7 +244,7 @@ def main():
         a.mask_window = window_for(stages[0], a.mask_window)
         cfg = config_from_args(a)
         seeds = parse_seeds(a.seeds) if a.seeds else None
-        parse_list(a.sweep_thresholds)
+        plan = EvalPlan.from_args(a)  # what every ladder decodes (a bad --sweep-thresholds fails here)
         mix = tail_mix(stages, a.sft_tail)
         if a.eval_samples < 0 or a.eval_temperature < 0:
             raise ValueError("--eval-samples and --eval-temperature must be >= 0")
@@ -254,11 +254,11 @@ def main():
         sys.exit(f"error: {e}" if dist.is_main() else 1)
     try:
         if seeds is None:  # one seed, straight into --out
-            run_ladder(a, cfg, stages, dev, a.out, a.seed, defaults, mix)
+            run_ladder(a, cfg, stages, dev, a.out, a.seed, plan, defaults, mix)
         else:  # one complete ladder per training seed, then the table over seeds
             for s in seeds:
                 print(f"=== seed {s} -> {os.path.join(a.out, f'seed{s}')}", flush=True)
-                run_ladder(a, cfg, stages, dev, os.path.join(a.out, f"seed{s}"), s, defaults, mix)
+                run_ladder(a, cfg, stages, dev, os.path.join(a.out, f"seed{s}"), s, plan, defaults, mix)
             if dist.is_main():
                 aggregate(a.out, seeds, stages, a.eval_threshold)
     except (CheckpointError, DataError, FloatingPointError) as e:
@@ -276,7 +276,7 @@ def parse_seeds(text: str):
     return seeds
 
 
-def run_ladder(a, cfg, stages, dev, out, seed, defaults=None, mix=None):
+def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
     """The whole job for one training seed in the run directory `out`: supervised base,
     T*, direct, no-RL, evaluation, report. Every step is skipped when its checkpoint exists."""
     task = task_from_args(a)
@@ -339,9 +339,8 @@ def run_ladder(a, cfg, stages, dev, out, seed, defaults=None, mix=None):
             ([f"direct{B_last}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
     # Ŝ statistics are handed in (schedule.py imports eval_math); every B decodes at
     # --commit-distance, as the rollouts did
-    plan = EvalPlan.from_args(a)
     results = evaluate_all(run, names, stages, test_rows, plan, seed,
-                           distance={B: a.commit_distance for B in stages}, row_stats=schedule_stats)
+                           distance=a.commit_distance, row_stats=schedule_stats)
     if dist.is_main():
         report(run, names, stages, results, run.add_time(), plan, seed)
         pictures(run, names, stages, results)

@@ -27,7 +27,7 @@ the traces (order statistics, grids, replay) is schedule.py's, which builds on t
 size, every decode of `eval_jobs` (the main table's, greedy and mean@3, and the frontier
 sweep's), cached in the run's eval.json by the checkpoint's sha256 and dealt out across
 torchrun ranks. The commit
-distance per block and the Ŝ statistics per row come in as arguments from curriculum.py,
+distance and the Ŝ statistics per row come in as arguments from curriculum.py,
 since schedule.py imports this file.
 """
 import argparse
@@ -165,7 +165,7 @@ def cache_key(name, B, rule, t, distance, temperature=0.0, samples=1):
     return f"{name}|{B}|{rule}|{t}|{distance}" + (f"|T{temperature:g}x{samples}" if rule == "sampled" else "")
 
 
-def evaluate_all(run, names, stages, test_rows, plan: EvalPlan, seed, distance, row_stats):
+def evaluate_all(run, names, stages, test_rows, plan: EvalPlan, seed, distance: int, row_stats):
     """Every checkpoint of curriculum.py's run at every block size, every decode of
     eval_jobs; cached in eval.json by the checkpoint file's sha256 (curriculum.Run.digest, the same
     freshness test the resume uses), so a resumed run only evaluates what changed.
@@ -173,7 +173,7 @@ def evaluate_all(run, names, stages, test_rows, plan: EvalPlan, seed, distance, 
     (tokens/s then shares the machine). Returns the rows, checkpoint by checkpoint, in job order.
 
     run: the run folder (curriculum.Run: .out, .load(name), .digest(name)); plan: what to decode;
-    distance: {B: commit distance at B} (--commit-distance); row_stats(fwd, B): extra fields of
+    distance: the commit distance of every decode (--commit-distance); row_stats(fwd, B): extra fields of
     a row from its decode's traces (schedule.schedule_stats, the Ŝ statistics)."""
     cache_path = os.path.join(run.out, "eval.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
@@ -183,7 +183,7 @@ def evaluate_all(run, names, stages, test_rows, plan: EvalPlan, seed, distance, 
         # the digest ties a cached row to these exact bytes: a rebuilt stage is evaluated again,
         # the untouched checkpoints are not
         stamp = run.digest(name)
-        key = lambda B, rule, t: cache_key(name, B, rule, t, distance[B], plan.temperature, plan.samples)
+        key = lambda B, rule, t: cache_key(name, B, rule, t, distance, plan.temperature, plan.samples)
         jobs = [(B, rule, t) for B in stages for rule, t in eval_jobs(plan)]
         todo = [(B, rule, t) for B, rule, t in jobs
                 if key(B, rule, t) not in cache or cache[key(B, rule, t)]["stamp"] != stamp]
@@ -193,7 +193,7 @@ def evaluate_all(run, names, stages, test_rows, plan: EvalPlan, seed, distance, 
                                leave=False, disable=None if dist.is_main() else True):
             sampled = rule == "sampled"
             r = evaluate(model, test_rows, B, "dynamic" if sampled else rule, plan.threshold if t is None else t,
-                         seed=seed, distance=distance[B], temperature=plan.temperature if sampled else 0.0,
+                         seed=seed, distance=distance, temperature=plan.temperature if sampled else 0.0,
                          samples=plan.samples if sampled else 1)
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}
             row["rule"] = rule  # "sampled" rows are kept apart from the greedy frontier

@@ -278,6 +278,11 @@ def optimise(model, opt, rows, cfg: RLConfig, gen, dev, critic=None, v_old=None,
     return tot
 
 
+def rl_optimizer(model, lr: float):
+    """A TraceRL stage's optimiser: AdamW, no weight decay, fresh for every stage."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+
 def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0):
     """A TraceRL stage: up to cfg.steps RL steps, stopping early once the stage's trace
     rows reach cfg.max_rows (0 = never; --max-rows). With --ref-kl-beta > 0 the reference is a
@@ -286,7 +291,7 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0):
     dist.broadcast_params(model)
     ref = frozen(model) if cfg.ref_kl_beta > 0 else None
     gen = torch.Generator(device=dev).manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = rl_optimizer(model, cfg.lr)
     critic = Critic(model, cfg.value_lr, cfg.value_clip) if cfg.value_model else None
     hist = []
     for i in range(cfg.steps):

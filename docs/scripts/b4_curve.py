@@ -24,7 +24,7 @@ import tracerl  # noqa: E402
 from data.task import load_task  # noqa: E402
 from eval_math import evaluate  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from tracerl import RLConfig, add_rl_args, frozen, rl_step  # noqa: E402
+from tracerl import RLConfig, add_rl_args, frozen, rl_optimizer, rl_step  # noqa: E402
 
 ap = argparse.ArgumentParser(description="TraceRL at one block size, with the accuracy curve")
 ap.add_argument("--ckpt", required=True, help="starting checkpoint")
@@ -59,7 +59,7 @@ def curve_point(step):
 
 # run_tracerl's optimiser and generator, with an evaluation every --every steps
 gen = torch.Generator().manual_seed(a.seed)
-opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+opt = rl_optimizer(model, cfg.lr)
 ref = frozen(model) if cfg.ref_kl_beta > 0 else None  # --ref-kl-beta: a KL to the starting weights
 curve_point(0)
 for i in range(cfg.steps):

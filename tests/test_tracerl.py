@@ -14,7 +14,7 @@ from data.task import is_correct
 from model import GPTConfig
 from sample import commit_order, generate
 from rollouts import group_advantages
-from tracerl import RLConfig, add_rl_args, k3, policy_loss, rl_step, run_tracerl
+from tracerl import RLConfig, add_rl_args, k3, policy_loss, rl_step, rl_update, run_tracerl
 from traces import round_index, row_logprobs, trace_rows
 from train import run_ar, run_sft
 
@@ -290,6 +290,33 @@ def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_
     log = rl_step(m, opt, level1_rows, a, torch.Generator().manual_seed(0))
     assert (log["reward"], log["kept"], log["n_resp"], log["rows"]) == (0.0, 0, 0, 0)
     assert all(torch.equal(p, q) for p, q in zip(before, m.parameters()))
+
+
+def test_update_has_no_direction_of_its_own(monkeypatch, tiny_model, level1_rows):
+    """The update is linear in the advantages and nothing else in it depends on the reward, so
+    with the rewards' link to the responses broken the expected step is exactly 0: summed over
+    the K cyclic shifts of the rewards inside every group (each response takes each reward of
+    its group once), the gradients cancel. This is why the --shuffle-rewards control's collapse
+    (docs/experiments.md E44-E45) is the update's noise and not a drift of the loss: a weight
+    that depended on the reward (a positive-only or reward-dependent length term) would fail here."""
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    m = copy.deepcopy(tiny_model)
+    a = rl_args(n_prompts=3, k=4, micro_batch=7)
+    ro = rollouts.rollout(m, level1_rows, torch.Generator().manual_seed(0), n_prompts=a.n_prompts, k=a.k,
+                          block_size=a.block_size, threshold=a.threshold)
+    assert group_advantages(ro["reward"])[1].any()  # some group has variance
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the gradients are read, the weights stay
+    # the gradient before the clip to norm 1 (the clip rescales each step by its own norm)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda ps, max_norm: torch.stack([p.grad.norm() for p in ps if p.grad is not None]).norm())
+    grads = []
+    for shift in range(a.k):
+        log = rl_update(m, opt, dict(ro, reward=ro["reward"].roll(shift, 1)), a, torch.Generator().manual_seed(0))
+        assert log["rows"] > 0
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
+    one = min(g.norm() for g in grads)
+    assert one > 1e-3
+    assert torch.stack(grads).sum(0).norm() < 1e-4 * one
 
 
 # ----------------------------------------------------------------------------- learning

@@ -1,0 +1,64 @@
+"""How much of one TraceRL step's gradient is signal (issue 27's diagnosis).
+
+    python docs/scripts/grad_snr.py --ckpt runs/def/seed0/sft4.pt --batches 6
+    python docs/scripts/grad_snr.py --ckpt runs/def/seed0/sft4.pt --batches 6 --shuffle-rewards
+
+At fixed weights it draws --batches independent rollout batches (P prompts x K samples each,
+the stage's defaults) and takes each one's policy-gradient g_i with tracerl's own update code
+(no optimiser step). With g_i = mu + noise_i, the mean cosine of two different batches'
+gradients estimates |mu|^2 / E|g|^2: the share of a step's squared norm that points the same
+way in every batch. ~0 means a step is almost all noise. --shuffle-rewards permutes the rewards
+inside each group (the control of b4_curve.py): its cosine should be ~0 by construction.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import tracerl  # noqa: E402
+from data.task import load_task  # noqa: E402
+from model import load_checkpoint  # noqa: E402
+from tracerl import RLConfig, add_rl_args, rl_step  # noqa: E402
+
+ap = argparse.ArgumentParser(description="share of signal in a TraceRL step's gradient")
+ap.add_argument("--ckpt", required=True, help="checkpoint")
+ap.add_argument("--block-size", type=int, default=4, help="rollout and training block size")
+ap.add_argument("--batches", type=int, default=6, help="independent rollout batches")
+ap.add_argument("--seed", type=int, default=0, help="rollout seed of the first batch")
+ap.add_argument("--shuffle-rewards", action="store_true", help="rewards permuted inside each group")
+add_rl_args(ap)
+a = ap.parse_args()
+model, meta = load_checkpoint(a.ckpt)
+train_rows, _ = load_task(meta["task"])
+cfg = RLConfig.from_args(a, block_size=a.block_size, steps=1)
+if a.shuffle_rewards:
+    shuffle_gen = torch.Generator().manual_seed(a.seed + 7)
+    real = tracerl.group_advantages
+
+    def shuffled(rewards, band=(0.0, 1.0)):
+        perm = torch.stack([torch.randperm(rewards.shape[1], generator=shuffle_gen) for _ in rewards])
+        return real(rewards.gather(1, perm), band)
+    tracerl.group_advantages = shuffled
+
+
+class NoStep(torch.optim.SGD):
+    """keeps the gradient, never moves the weights"""
+    def step(self, closure=None):
+        return None
+
+
+grads = []
+for b in range(a.batches):
+    opt = NoStep(model.parameters(), lr=0.0)
+    log = rl_step(model, opt, train_rows, cfg, torch.Generator().manual_seed(a.seed + 1000 * b))
+    grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone())
+    print(f"batch {b} | reward {log['reward']:.3f} | kept {log['kept']:2d} | |g| {grads[-1].norm():.4f}", flush=True)
+G = torch.stack(grads)
+unit = G / G.norm(dim=1, keepdim=True)
+cos = unit @ unit.T
+pairs = cos[~torch.eye(len(G), dtype=torch.bool)]
+mean_g = G.mean(0)
+print(f"cosine of two batches' gradients: mean {pairs.mean():.3f} (min {pairs.min():.3f}, max {pairs.max():.3f}) | "
+      f"|mean of {len(G)}| / mean |g| = {mean_g.norm() / G.norm(dim=1).mean():.3f}")

@@ -4,6 +4,7 @@ mean@3 accuracy on held-out problems printed every --every steps.
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --steps 75
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --shuffle-rewards   # control
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --ref-kl-beta 0.1   # + KL to the base
+    python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 1e-4 --steps 150 --n 300 --token-mean
 
 The loop is tracerl.run_tracerl's (same optimiser, same rl_step), only cut every --every steps
 for an evaluation on the first --n test problems (dynamic θ 0.9: greedy, and the mean of 3 decodes
@@ -11,7 +12,9 @@ at T=1). --shuffle-rewards is a control, not a method: inside every group the K 
 at random before the advantages, so each step keeps the same groups, the same number of rewarded
 responses and the same size of update, but loses the link to which response was right. If a run collapses as fast with shuffled rewards as
 with real ones, the collapse comes from the update's noise (the optimiser), not from what the
-reward teaches.
+reward teaches. --token-mean is a probe of the loss weight (DAPO's and Dr. GRPO's token-level mean:
+every target token of the step weighs 1/T, instead of tracerl's 1/(L_resp n_resp)); it lost (E45),
+so it lives here and not in tracerl.py. Single process only.
 """
 import argparse
 import os
@@ -34,6 +37,8 @@ ap.add_argument("--every", type=int, default=25, help="evaluate every this many 
 ap.add_argument("--n", type=int, default=100, help="test problems per evaluation")
 ap.add_argument("--seed", type=int, default=0, help="rollout seed")
 ap.add_argument("--shuffle-rewards", action="store_true", help="the control: rewards permuted inside each group")
+ap.add_argument("--token-mean", action="store_true",
+                help="a probe: every target token weighs 1/T (T = the step's target tokens) instead of 1/(L_resp n_resp)")
 add_rl_args(ap)
 a = ap.parse_args()
 model, meta = load_checkpoint(a.ckpt)
@@ -48,6 +53,16 @@ if a.shuffle_rewards:
         perm = torch.stack([torch.randperm(rewards.shape[1], generator=shuffle_gen) for _ in rewards])
         return real(rewards.gather(1, perm), band)
     tracerl.group_advantages = shuffled
+
+if a.token_mean:  # DAPO / Dr. GRPO's token-level mean: long and short responses weigh their tokens alike
+    real_rows = tracerl.build_rows
+
+    def token_rows(*args, **kw):
+        rows = real_rows(*args, **kw)
+        if rows is not None:
+            rows.weight = torch.full_like(rows.weight, 1.0 / len(rows.weight))
+        return rows
+    tracerl.build_rows = token_rows
 
 
 def curve_point(step):

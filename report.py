@@ -28,8 +28,14 @@ from model import GPT, GPTConfig
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values):
-    """Rewards in [0, 1] as one character each (▁ = 0, █ = 1)."""
+def sparkline(values, width: int = 60):
+    """Rewards in [0, 1] as one character each (▁ = 0, █ = 1). Past `width` values, each
+    character is the mean of a run of consecutive steps (the runs differ by at most one step),
+    so a 210-step stage still fits on one line."""
+    values, n = list(values), len(values)
+    if n > width:
+        edges = [i * n // width for i in range(width + 1)]
+        values = [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:])]
     return "".join(SPARK[min(int(v * len(SPARK)), len(SPARK) - 1)] for v in values)
 
 
@@ -151,7 +157,8 @@ def report(run, names, stages, results, wall, plan, seed):
         if n.startswith(("tstar", "direct")):
             _, meta = run.load(n)
             h = [x["reward"] for x in meta["rl_history"]]
-            lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps)")
+            per = f", {len(h) / 60:.1f} steps a character" if len(h) > 60 else ""
+            lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps{per})")
     if len(stages) > 1:
         B0, Bl = stages[0], stages[-1]
         for rule in rules[:-1]:  # the one-line comparison, greedy and sampled

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from report import at_tpf, frontier_rows
+from report import at_tpf, frontier_rows, sparkline
 from test_curriculum import ROOT
 
 
@@ -35,3 +35,12 @@ def test_frontier_rows_by_hand(tmp_path):
     assert p.returncode == 0, p.stderr
     last = p.stdout.strip().splitlines()[-1]
     assert "| 60.0 / 2.50 | 30.0 / 3.00 | 20.0 / 3.00 | - | 40.0 | 30.0 | - | +10.0 | no |" in last
+
+
+def test_sparkline_one_char_per_step_then_run_means():
+    assert sparkline([0.0, 0.5, 0.99, 1.0]) == "▁▅██"
+    # 150 steps: 60 characters, each the mean of 2 or 3 consecutive steps
+    steps = [0.0, 1.0] * 75
+    line = sparkline(steps)
+    assert len(line) == 60 and set(line) == set("▃▅▆")  # runs of 2 or 3 alternating 0/1: means 1/3, 1/2, 2/3
+    assert sparkline([0.3] * 210) == "▃" * 60

@@ -17,12 +17,9 @@ every target token of the step weighs 1/T, instead of tracerl's 1/(L_resp n_resp
 so it lives here and not in tracerl.py. Single process only.
 """
 import argparse
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from probe import shuffle_rewards  # the repo on sys.path, and the control
 import tracerl  # noqa: E402
 from data.task import load_task  # noqa: E402
 from eval_math import evaluate  # noqa: E402
@@ -46,13 +43,7 @@ train_rows, test_rows = load_task(meta["task"])
 test_rows = test_rows[:a.n]
 cfg = RLConfig.from_args(a, block_size=a.block_size, steps=a.steps)
 if a.shuffle_rewards:
-    shuffle_gen = torch.Generator().manual_seed(a.seed + 7)
-    real = tracerl.group_advantages
-
-    def shuffled(rewards, band=(0.0, 1.0)):
-        perm = torch.stack([torch.randperm(rewards.shape[1], generator=shuffle_gen) for _ in rewards])
-        return real(rewards.gather(1, perm), band)
-    tracerl.group_advantages = shuffled
+    shuffle_rewards(a.seed + 7)
 
 if a.token_mean:  # DAPO / Dr. GRPO's token-level mean: long and short responses weigh their tokens alike
     real_rows = tracerl.build_rows

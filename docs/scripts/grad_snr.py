@@ -11,13 +11,9 @@ way in every batch. ~0 means a step is almost all noise. --shuffle-rewards permu
 inside each group (the control of b4_curve.py): its cosine should be ~0 by construction.
 """
 import argparse
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import tracerl  # noqa: E402
+from probe import shuffle_rewards  # the repo on sys.path, and the control
 from data.task import load_task  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from tracerl import RLConfig, add_rl_args, rl_step  # noqa: E402
@@ -34,13 +30,7 @@ model, meta = load_checkpoint(a.ckpt)
 train_rows, _ = load_task(meta["task"])
 cfg = RLConfig.from_args(a, block_size=a.block_size, steps=1)
 if a.shuffle_rewards:
-    shuffle_gen = torch.Generator().manual_seed(a.seed + 7)
-    real = tracerl.group_advantages
-
-    def shuffled(rewards, band=(0.0, 1.0)):
-        perm = torch.stack([torch.randperm(rewards.shape[1], generator=shuffle_gen) for _ in rewards])
-        return real(rewards.gather(1, perm), band)
-    tracerl.group_advantages = shuffled
+    shuffle_rewards(a.seed + 7)
 
 
 class NoStep(torch.optim.SGD):

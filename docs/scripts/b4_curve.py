@@ -6,25 +6,27 @@ mean@3 accuracy on held-out problems printed every --every steps.
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --ref-kl-beta 0.1   # + KL to the base
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 1e-4 --steps 150 --n 300 --token-mean
 
-The loop is tracerl.run_tracerl's (same optimiser, same rl_step), only cut every --every steps
-for an evaluation on the first --n test problems (dynamic θ 0.9: greedy, and the mean of 3 decodes
-at T=1). --shuffle-rewards is a control, not a method: inside every group the K rewards are permuted
-at random before the advantages, so each step keeps the same groups, the same number of rewarded
-responses and the same size of update, but loses the link to which response was right. If a run collapses as fast with shuffled rewards as
-with real ones, the collapse comes from the update's noise (the optimiser), not from what the
-reward teaches. --token-mean is a probe of the loss weight (DAPO's and Dr. GRPO's token-level mean:
-every target token of the step weighs 1/T, instead of tracerl's 1/(L_resp n_resp)); it lost (E45),
-so it lives here and not in tracerl.py. Single process only.
+The loop is tracerl.run_tracerl's (same optimiser, same rl_step), only cut every --every steps for
+an evaluation on the first --n test problems (dynamic θ 0.9: greedy, and the mean of 3 decodes at
+T=1). --shuffle-rewards is a control, not a method: inside every group the K rewards are permuted at
+random before the advantages, so each step keeps the same groups, the same number of rewarded
+responses and the same size of update, but loses the link to which response was right. If a run
+collapses as fast with shuffled rewards as with real ones, the collapse comes from the update's
+noise (the optimiser), not from what the reward teaches. --token-mean is a probe of the loss weight
+(DAPO's and Dr. GRPO's token-level mean: every target token of the step weighs 1/T, instead of
+tracerl's 1/(L_resp n_resp)); it lost (E45), so it lives here and not in tracerl.py. Single process
+only.
 """
 import argparse
+
 import torch
 
-from probe import shuffle_rewards  # the repo on sys.path, and the control
-import tracerl  # noqa: E402
-from data.task import load_task  # noqa: E402
-from eval_math import evaluate  # noqa: E402
-from model import load_checkpoint  # noqa: E402
-from tracerl import RLConfig, add_rl_args, frozen, rl_optimizer, rl_step  # noqa: E402
+from probe import shuffle_rewards  # first: it puts the repo on sys.path (and holds the control)
+import tracerl
+from data.task import load_task
+from eval_math import evaluate
+from model import load_checkpoint
+from tracerl import RLConfig, add_rl_args, frozen, rl_optimizer, rl_step
 
 ap = argparse.ArgumentParser(description="TraceRL at one block size, with the accuracy curve")
 ap.add_argument("--ckpt", required=True, help="starting checkpoint")

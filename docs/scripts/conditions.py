@@ -33,4 +33,5 @@ for d in sys.argv[1:]:
     tpf = cell(rows, "tstar16", 16, "dynamic")[1], cell(rows, "tstar4", 4, "dynamic")[1]
     gap = [cell(rows, m, 4, "dynamic")[0] - cell(rows, m, 4, "sampled")[0] for m in ("sft4", "tstar4")]
     f = " | ".join(f"{a:+.1f} / {b:+.1f}" for a, b in [diff[8], diff[16], vs])
-    print(f"| {d} | {diff[4][0]:+.1f} / {diff[4][1]:+.1f} | {gap[0]:.1f} → {gap[1]:.1f} | {f} | {100 * keep[0]:.0f} / {100 * keep[1]:.0f} % ({tpf[0]:.2f} vs {tpf[1]:.2f}) |")
+    print(f"| {d} | {diff[4][0]:+.1f} / {diff[4][1]:+.1f} | {gap[0]:.1f} → {gap[1]:.1f} | {f} | "
+          f"{100 * keep[0]:.0f} / {100 * keep[1]:.0f} % ({tpf[0]:.2f} vs {tpf[1]:.2f}) |")

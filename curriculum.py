@@ -11,7 +11,8 @@ What runs, each step skipped when its checkpoint already exists and its parent i
 it was trained from (docs/design.md §8):
   data -> AR pre-train (ar.pt) -> block SFT at the first B, with a tail of the ladder's bigger
           blocks (--sft-tail 0.2: B=4 80 %, B=8 15 %, B=16 5 %; ours) (sft{B0}.pt) ->
-  T*: TraceRL at every B in --stages, each from the previous stage (tstar{B}.pt) ->
+  T*: TraceRL at every B in --stages, each from the previous stage (tstar{B}.pt; the first
+      with its own recipe, --first-stage-*: 64 prompts, cosine from lr 1e-4; E46) ->
   direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt;
           --direct-budget rows: as many trace rows as T* built instead) ->
   no-RL: the same ladder with block SFT instead of RL, as many updates per stage (norl{B}.pt) ->
@@ -45,7 +46,7 @@ from dataclasses import asdict
 
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
-from eval_math import SWEEP_THRESHOLDS, EvalPlan, evaluate_all, parse_list
+from eval_math import SWEEP_THRESHOLDS, EvalPlan, curve_point, evaluate_all, parse_list
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, file_sha256, load_checkpoint,
                    pick_device, save_checkpoint, write_json)
@@ -60,7 +61,7 @@ from train import AR_STEPS, SFT_STEPS, run_ar, run_sft, tail_mix, window_for
 PRESETS = {
     "cpu": {},
     "gpu": dict(n_layer=8, n_head=8, n_embd=320, batch_size=256, ar_steps=8000, sft_steps=4000,
-                n_prompts=64, k=16, stage_steps=100, first_stage_steps=20),
+                n_prompts=64, k=16, stage_steps=100, first_stage_steps=20, first_stage_prompts=128),
 }
 
 
@@ -168,20 +169,31 @@ class Run:
         return self.wall
 
 
-def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0):
+def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0, curve=None, **recipe):
     """TraceRL at block_size from checkpoint `parent`, saved as `name` (skipped if present
     and still `parent`'s child): at most `steps` RL steps, or until its trace rows reach
-    max_rows (0 = no row budget). With --ref-kl-beta the reference is the stage's start."""
+    max_rows (0 = no row budget). With --ref-kl-beta the reference is the stage's start.
+    `recipe` overrides RL flags for this stage (the first stage's n_prompts, lr, lr_schedule).
+    curve = (every, test_rows, eval_seed): the stage's accuracy curve at its block size, at step 0
+    and every `every` steps, printed and kept in the checkpoint's meta (--curve-every)."""
     if run.have(name, parent):
         return run.load(name)[1]
     model, meta = run.load(parent)
-    cfg = RLConfig.from_args(a, block_size=block_size, steps=steps, max_rows=max_rows)
+    cfg = RLConfig.from_args(a, block_size=block_size, steps=steps, max_rows=max_rows, **recipe)
+    points, on_step = [], None
+    if curve is not None:
+        every, rows, eval_seed = curve
+        points.append(curve_point(model, rows, block_size, 0, seed=eval_seed))
+
+        def on_step(i, m):
+            if i % every == 0:
+                points.append(curve_point(m, rows, block_size, i, seed=eval_seed))
     t0 = time.time()
     # seed + 1: the stream every stage has drawn from (a removed warm-up used `seed`), so
     # runs made before issue 28 reproduce
-    hist = run_tracerl(model, problems, cfg, name=name, seed=seed + 1)
+    hist = run_tracerl(model, problems, cfg, name=name, seed=seed + 1, on_step=on_step)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
-                rl_history=hist, rl_seconds=time.time() - t0)
+                rl_history=hist, rl_seconds=time.time() - t0, curve=points)
     run.save(name, model, meta, parent)
     return meta
 
@@ -201,6 +213,15 @@ def main():
     # over 3 seeds; 10 steps gave +1.1), the gain T*'s later stages are meant to carry (E45)
     ap.add_argument("--first-stage-steps", type=int, default=150,
                     help="RL step cap at the first block size")
+    # the first stage's recipe (E45, E46): a step is ~98 % noise, so twice the prompts per step, and
+    # a higher peak learning rate that decays, gain where the later stages' 32 x 8 at 3e-5 gained little
+    ap.add_argument("--first-stage-prompts", type=int, default=64, help="prompts per RL step at the first block size")
+    ap.add_argument("--first-stage-lr", type=float, default=1e-4, help="peak RL learning rate at the first block size")
+    ap.add_argument("--first-stage-lr-schedule", default="cosine", choices=["constant", "cosine"],
+                    help="learning-rate schedule at the first block size (tracerl.lr_at)")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="evaluate the first stage at its block size (greedy and mean@3, the test split) every N "
+                         "RL steps, and at step 0 (issue 27's curve; 0 = off)")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
     # 0.2: the smallest tail of the sweep (0, 0.1, 0.2, 0.4) that keeps >= 75 % of the B=4
     # accuracy at B=8 and >= 50 % at B=16 in every seed (docs/experiments.md E42)
@@ -238,6 +259,7 @@ def main():
     if a.quick:
         # overrides the budget flags: a smoke run, not a result
         a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
+        a.first_stage_prompts = 8
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     # Every flag check that can fail does so here, before a run folder or a checkpoint is
     # written: a typo should cost a second, not a resumed run with mixed settings.
@@ -250,8 +272,10 @@ def main():
         mix = tail_mix(stages, a.sft_tail)
         if a.eval_samples < 0 or a.eval_temperature < 0:
             raise ValueError("--eval-samples and --eval-temperature must be >= 0")
-        if a.n_prompts < dist.world():
-            raise ValueError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
+        if min(a.n_prompts, a.first_stage_prompts) < dist.world():
+            raise ValueError(f"--n-prompts and --first-stage-prompts must be at least the {dist.world()} processes")
+        if a.curve_every < 0:
+            raise ValueError("--curve-every must be >= 0")
     except ValueError as e:
         sys.exit(f"error: {e}" if dist.is_main() else 1)
     try:
@@ -284,7 +308,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
     task = task_from_args(a)
     # Flags that do not change what is trained may differ on resume; the ladder may grow.
     skip = {"out", "device", "stages", "eval_threshold", "seeds", "sweep_thresholds", "eval_samples",
-            "eval_temperature"}
+            "eval_temperature", "curve_every"}
     settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip | {"seed"}},
                     seed=seed)
     t_start = time.time()
@@ -309,7 +333,10 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
         cap = a.first_stage_steps if i == 0 else a.stage_steps
         # seed + 100 * i: every stage draws its own prompts and samples (a shared stream
         # would make stage 8 start by replaying stage 4's first rollouts)
-        meta = rl_stage(run, f"tstar{B}", parent, B, cap, train_rows, a, seed + 100 * i)
+        recipe = dict(n_prompts=a.first_stage_prompts, lr=a.first_stage_lr,
+                      lr_schedule=a.first_stage_lr_schedule) if i == 0 else {}
+        curve = (a.curve_every, test_rows, seed) if i == 0 and a.curve_every > 0 else None
+        meta = rl_stage(run, f"tstar{B}", parent, B, cap, train_rows, a, seed + 100 * i, curve=curve, **recipe)
         steps_used[B] = len(meta["rl_history"])
         rows_used[B] = sum(h["rows"] for h in meta["rl_history"])
         parent = f"tstar{B}"

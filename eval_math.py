@@ -129,6 +129,19 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
                 texts=texts, correct=correct, out=out)
 
 
+def curve_point(model, problems, block_size: int, step: int, threshold: float = 0.9, samples: int = 3,
+                seed: int = 0):
+    """One point of an RL stage's accuracy curve (curriculum --curve-every, b4_curve.py): greedy and
+    mean@`samples` at T=1, dynamic θ, on `problems`. Prints one fixed-format line; returns the point."""
+    g = evaluate(model, problems, block_size, "dynamic", threshold)
+    m = evaluate(model, problems, block_size, "dynamic", threshold, seed=seed, temperature=1.0, samples=samples)
+    pt = dict(step=step, block_size=block_size, n=len(problems), greedy=100 * g["accuracy"],
+              mean=100 * m["accuracy"], tpf=g["tpf"])
+    print(f"curve step {step:3d} | B={block_size} greedy {pt['greedy']:5.1f} | mean@{samples} {pt['mean']:5.1f} | "
+          f"TPF {pt['tpf']:.2f}", flush=True)
+    return pt
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     """What curriculum.py decodes for every checkpoint at every block size (its --eval-* and

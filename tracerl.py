@@ -114,6 +114,7 @@ class RLConfig:
     value_lr: float
     value_clip: float
     max_rows: int = 0      # end the stage once its trace rows reach this (0 = never)
+    lr_schedule: str = "constant"  # or "cosine": lr * (1 + cos(pi t / steps)) / 2 over the step cap
 
     @classmethod
     def from_args(cls, a, **set_fields):
@@ -283,10 +284,24 @@ def rl_optimizer(model, lr: float):
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
 
 
-def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0):
+def lr_at(cfg: RLConfig, step: int) -> float:
+    """The learning rate of RL step `step` (0-based). Cosine decays over the step cap, to 0 at
+    its end. Why a decay (E46): one update is ~98 % noise (E45, grad_snr.py) and AdamW moves each
+    weight by about the learning rate whatever that share, so the noise is a random walk of size
+    ~ sqrt(sum lr^2) while what the reward teaches grows like sum lr. From the same peak, cosine
+    keeps half the drift and 61 % of the walk, and its late steps, where a walk has had longest
+    to wander, are small."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+    return cfg.lr
+
+
+def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None):
     """A TraceRL stage: up to cfg.steps RL steps, stopping early once the stage's trace
     rows reach cfg.max_rows (0 = never; --max-rows). With --ref-kl-beta > 0 the reference is a
-    frozen copy of the weights the stage starts from. Returns history."""
+    frozen copy of the weights the stage starts from. on_step(i, model), if given, is called
+    after each step i = 1, 2, ... (the accuracy curves of curriculum --curve-every and
+    b4_curve.py). Returns history."""
     dev = next(model.parameters()).device
     dist.broadcast_params(model)
     ref = frozen(model) if cfg.ref_kl_beta > 0 else None
@@ -295,6 +310,8 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0):
     critic = Critic(model, cfg.value_lr, cfg.value_clip) if cfg.value_model else None
     hist = []
     for i in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, i)
         try:
             log = rl_step(model, opt, problems, cfg, gen, critic, ref)
             if not finite(model):
@@ -306,8 +323,10 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0):
         vloss += f" | ref-kl {log['ref_kl']:.5f}" if ref is not None else ""
         print(f"{name} step {i + 1:3d}/{cfg.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
               f"{log['prompts']} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
-              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | "
+              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | lr {lr_at(cfg, i):.1e} | "
               f"{log['secs']:.1f}s", flush=True)
+        if on_step is not None:
+            on_step(i + 1, model)
         rows = sum(h["rows"] for h in hist)  # global rows: every rank stops together
         if cfg.max_rows > 0 and rows >= cfg.max_rows:
             print(f"{name}: {rows} trace rows >= the budget of {cfg.max_rows}; stage done")
@@ -328,6 +347,8 @@ def add_rl_args(ap):
     ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
     ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (higher ones cost B=4 accuracy: docs/experiments.md E4, E6)")
+    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                    help="RL learning rate over the steps: constant, or cosine from --lr to 0 at the step cap (lr_at)")
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
     add_rollout_args(ap)  # steps 1-3's flags (rollouts.py)
     ap.add_argument("--ref-kl-beta", type=float, default=0.0,

@@ -6,9 +6,10 @@ mean@3 accuracy on held-out problems printed every --every steps.
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --ref-kl-beta 0.1   # + KL to the base
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 1e-4 --steps 150 --n 300 --token-mean
 
-The loop is tracerl.run_tracerl's (same optimiser, same rl_step), only cut every --every steps for
-an evaluation on the first --n test problems (dynamic θ 0.9: greedy, and the mean of 3 decodes at
-T=1). --shuffle-rewards is a control, not a method: inside every group the K rewards are permuted at
+The loop is tracerl.run_tracerl itself, with an evaluation on the first --n test problems every
+--every steps (eval_math.curve_point: dynamic θ 0.9, greedy and the mean of 3 decodes at T=1). With
+`--seed S+1 --eval-seed S` and the stage's flags it is curriculum --seed S's first stage (E46
+checks that the two agree). Before E46 it repeated the loop, and E45's curves came from that copy. --shuffle-rewards is a control, not a method: inside every group the K rewards are permuted at
 random before the advantages, so each step keeps the same groups, the same number of rewarded
 responses and the same size of update, but loses the link to which response was right. If a run
 collapses as fast with shuffled rewards as with real ones, the collapse comes from the update's
@@ -24,9 +25,9 @@ import torch
 from probe import shuffle_rewards  # first: it puts the repo on sys.path (and holds the control)
 import tracerl
 from data.task import load_task
-from eval_math import evaluate
+from eval_math import curve_point
 from model import load_checkpoint
-from tracerl import RLConfig, add_rl_args, frozen, rl_optimizer, rl_step
+from tracerl import RLConfig, add_rl_args, run_tracerl
 
 ap = argparse.ArgumentParser(description="TraceRL at one block size, with the accuracy curve")
 ap.add_argument("--ckpt", required=True, help="starting checkpoint")
@@ -34,7 +35,8 @@ ap.add_argument("--block-size", type=int, default=4, help="RL and evaluation blo
 ap.add_argument("--steps", type=int, default=75, help="RL steps")
 ap.add_argument("--every", type=int, default=25, help="evaluate every this many steps")
 ap.add_argument("--n", type=int, default=100, help="test problems per evaluation")
-ap.add_argument("--seed", type=int, default=0, help="rollout seed")
+ap.add_argument("--seed", type=int, default=0, help="rollout seed (curriculum --seed S's first stage uses S + 1)")
+ap.add_argument("--eval-seed", type=int, default=0, help="seed of the mean@3 decodes (curriculum --seed S uses S)")
 ap.add_argument("--shuffle-rewards", action="store_true", help="the control: rewards permuted inside each group")
 ap.add_argument("--token-mean", action="store_true",
                 help="a probe: every target token weighs 1/T (T = the step's target tokens) instead of 1/(L_resp n_resp)")
@@ -58,20 +60,10 @@ if a.token_mean:  # DAPO / Dr. GRPO's token-level mean: long and short responses
     tracerl.build_rows = token_rows
 
 
-def curve_point(step):
-    g = evaluate(model, test_rows, a.block_size, "dynamic", 0.9)
-    m = evaluate(model, test_rows, a.block_size, "dynamic", 0.9, temperature=1.0, samples=3)
-    print(f"curve step {step:3d} | B={a.block_size} greedy {100 * g['accuracy']:5.1f} | mean@3 "
-          f"{100 * m['accuracy']:5.1f} | TPF {g['tpf']:.2f}", flush=True)
+def on_step(i, model):
+    if i % a.every == 0:
+        curve_point(model, test_rows, a.block_size, i, seed=a.eval_seed)
 
 
-# run_tracerl's optimiser and generator, with an evaluation every --every steps
-gen = torch.Generator().manual_seed(a.seed)
-opt = rl_optimizer(model, cfg.lr)
-ref = frozen(model) if cfg.ref_kl_beta > 0 else None  # --ref-kl-beta: a KL to the starting weights
-curve_point(0)
-for i in range(cfg.steps):
-    log = rl_step(model, opt, train_rows, cfg, gen, ref=ref)
-    print(f"step {i + 1:3d} | reward {log['reward']:.3f} | kept {log['kept']:2d} | TPF {log['tpf']:.2f}", flush=True)
-    if (i + 1) % a.every == 0:
-        curve_point(i + 1)
+curve_point(model, test_rows, a.block_size, 0, seed=a.eval_seed)
+run_tracerl(model, train_rows, cfg, name=f"rl{a.block_size}", seed=a.seed, on_step=on_step)

@@ -318,12 +318,13 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None)
                 raise FloatingPointError("the weights are no longer finite after the update")
         except FloatingPointError as e:  # from the update, or the sampler's next logits
             raise blew_up(f"{name} step {i + 1}", str(e), "--lr", cfg.lr) from None
+        log["lr"] = lr_at(cfg, i)
         hist.append(log)
         vloss = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
         vloss += f" | ref-kl {log['ref_kl']:.5f}" if ref is not None else ""
         print(f"{name} step {i + 1:3d}/{cfg.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
               f"{log['prompts']} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
-              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | lr {lr_at(cfg, i):.1e} | "
+              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | lr {log['lr']:.1e} | "
               f"{log['secs']:.1f}s", flush=True)
         if on_step is not None:
             on_step(i + 1, model)

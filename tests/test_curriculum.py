@@ -17,7 +17,7 @@ TINY = ["--stages", "4,8", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
         "--max-seq-len", "32", "--prompt-len", "8", "--level", "1", "--n-train", "200",
         "--n-test", "20", "--ar-steps", "20", "--sft-steps", "20", "--batch-size", "16",
         "--first-stage-steps", "2", "--stage-steps", "2", "--n-prompts", "4", "--k", "2",
-        "--device", "cpu"]
+        "--first-stage-prompts", "8", "--curve-every", "1", "--device", "cpu"]
 NAMES = ["sft4", "tstar4", "tstar8", "direct8", "norl8"]
 # every checkpoint at every B: dynamic at the sweep's four θ (0.9 = the main table's), static, ltr,
 # and the main table's mean@3 (3 decodes at T=1, dynamic θ 0.9)
@@ -116,10 +116,24 @@ def test_end_to_end_outputs(tiny_run):
         assert r["acc_min"] <= r["accuracy"] <= r["acc_max"]
     # static and ltr commit one token per step: never more than one token per forward
     assert all(r["tpf"] <= 1.0 for k, r in rows.items() if k[2] in ("static", "ltr"))
-    # RL histories: 2 steps per T* stage; direct gets T*'s total budget
-    for n, steps in (("tstar4", 2), ("tstar8", 2), ("direct8", 4)):
+    # RL histories: 2 steps per T* stage; direct gets T*'s total budget. The first stage runs its own
+    # recipe (8 prompts, cosine from 1e-4: 1e-4 then half of it at step 2 of 2), the rest --n-prompts
+    # at a constant --lr
+    metas = {}
+    for n, steps, prompts, lrs in (("tstar4", 2, 8, [1e-4, 5e-5]), ("tstar8", 2, 4, [3e-5] * 2),
+                                   ("direct8", 4, 4, [3e-5] * 4)):
         with open(os.path.join(out, f"{n}.pt.json")) as f:
-            assert len(json.load(f)["rl_history"]) == steps
+            metas[n] = json.load(f)
+        hist = metas[n]["rl_history"]
+        assert len(hist) == steps and {h["prompts"] for h in hist} == {prompts}
+        assert [h["lr"] for h in hist] == pytest.approx(lrs, rel=1e-12)
+    # --curve-every 1: the first stage's curve at steps 0, 1, 2; its last point is the checkpoint the
+    # table scores, so it equals the table's B=4 greedy and mean@3 cells exactly
+    curve = metas["tstar4"]["curve"]
+    assert [c["step"] for c in curve] == [0, 1, 2] and metas["tstar8"]["curve"] == []
+    assert curve[-1]["greedy"] == 100 * rows[("tstar4", 4, "dynamic", 0.9)]["accuracy"]
+    assert curve[-1]["mean"] == 100 * rows[("tstar4", 4, "sampled", 0.9)]["accuracy"]
+    assert curve[0]["greedy"] == 100 * rows[("sft4", 4, "dynamic", 0.9)]["accuracy"]
     md = open(os.path.join(out, "results.md")).read()
     for n in NAMES:
         assert f"| {n} | " in md
@@ -301,7 +315,7 @@ def test_gpu_preset_starts_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     settings = json.loads((out / "settings.json").read_text())
     assert settings["preset"] == "gpu" and settings["model"]["n_embd"] == 32
-    assert settings["n_prompts"] == 4 and settings["sft_steps"] == 20
+    assert settings["n_prompts"] == 4 and settings["sft_steps"] == 20 and settings["first_stage_prompts"] == 8
     assert (out / "tstar4.pt").exists() and (out / "results.md").exists()
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rollouts
+import tracerl
 from data.task import encode_prompts, make_splits
 from data.tokenizer import decode
 from data.task import is_correct
@@ -317,6 +318,30 @@ def test_update_has_no_direction_of_its_own(monkeypatch, tiny_model, level1_rows
     one = min(g.norm() for g in grads)
     assert one > 1e-3
     assert torch.stack(grads).sum(0).norm() < 1e-4 * one
+
+
+def test_cosine_schedule_reaches_the_optimiser_and_the_hook_sees_every_step(monkeypatch, tiny_model, level1_rows):
+    """--lr-schedule cosine: step i of n runs at lr (1 + cos(pi i / n)) / 2, by hand for n = 4, and
+    that is the rate AdamW steps with (read from the optimiser inside rl_step, not from the log);
+    constant keeps --lr. on_step(i, model) is called after steps 1..n with the trained model."""
+    seen = []
+    real_step = tracerl.rl_step
+
+    def spy(model, opt, *args, **kw):
+        seen.append(opt.param_groups[0]["lr"])
+        return real_step(model, opt, *args, **kw)
+    monkeypatch.setattr(tracerl, "rl_step", spy)
+    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    c = (1 + math.cos(math.pi / 4)) / 2
+    for schedule, want in (("cosine", [1e-3, 1e-3 * c, 5e-4, 1e-3 * (1 - c)]), ("constant", [1e-3] * 4)):
+        seen.clear()
+        calls = []
+        m = copy.deepcopy(tiny_model)
+        a = rl_args(n_prompts=2, k=2, lr=1e-3, steps=4, lr_schedule=schedule)
+        assert [tracerl.lr_at(a, i) for i in range(4)] == pytest.approx(want, rel=1e-12)
+        hist = run_tracerl(m, level1_rows, a, seed=0, on_step=lambda i, model: calls.append((i, model)))
+        assert seen == pytest.approx(want, rel=1e-12) and [h["lr"] for h in hist] == pytest.approx(want, rel=1e-12)
+        assert [i for i, _ in calls] == [1, 2, 3, 4] and all(model is m for _, model in calls)
 
 
 # ----------------------------------------------------------------------------- learning

@@ -159,6 +159,11 @@ def report(run, names, stages, results, wall, plan, seed):
             h = [x["reward"] for x in meta["rl_history"]]
             per = f", {len(h) / 60:.1f} steps a character" if len(h) > 60 else ""
             lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps{per})")
+    curve = run.load(f"tstar{stages[0]}")[1].get("curve")
+    if curve:  # --curve-every: the first stage's accuracy at its own block, as it trained
+        lines += ["", f"tstar{stages[0]} while it trained, at B={stages[0]} (--curve-every; step: greedy / "
+                      f"mean@3 %):", "", "    " + ", ".join(f"{c['step']}: {c['greedy']:.1f} / {c['mean']:.1f}"
+                                                          for c in curve)]
     if len(stages) > 1:
         B0, Bl = stages[0], stages[-1]
         for rule in rules[:-1]:  # the one-line comparison, greedy and sampled

@@ -131,10 +131,14 @@ def test_end_to_end_outputs(tiny_run):
     # table scores, so it equals the table's B=4 greedy and mean@3 cells exactly
     curve = metas["tstar4"]["curve"]
     assert [c["step"] for c in curve] == [0, 1, 2] and metas["tstar8"]["curve"] == []
+    # (the tiny model's accuracy may be 0 everywhere; its TPF is a float no other decode would repeat)
     assert curve[-1]["greedy"] == 100 * rows[("tstar4", 4, "dynamic", 0.9)]["accuracy"]
+    assert curve[-1]["tpf"] == rows[("tstar4", 4, "dynamic", 0.9)]["tpf"]
+    assert curve[0]["tpf"] == rows[("sft4", 4, "dynamic", 0.9)]["tpf"]
     assert curve[-1]["mean"] == 100 * rows[("tstar4", 4, "sampled", 0.9)]["accuracy"]
     assert curve[0]["greedy"] == 100 * rows[("sft4", 4, "dynamic", 0.9)]["accuracy"]
     md = open(os.path.join(out, "results.md")).read()
+    assert "tstar4 while it trained, at B=4" in md and f"2: {curve[-1]['greedy']:.1f} / {curve[-1]['mean']:.1f}" in md
     for n in NAMES:
         assert f"| {n} | " in md
     # the main table keeps its columns; the frontier table follows it

@@ -219,9 +219,10 @@ def main():
     ap.add_argument("--first-stage-lr", type=float, default=1e-4, help="peak RL learning rate at the first block size")
     ap.add_argument("--first-stage-lr-schedule", default="cosine", choices=["constant", "cosine"],
                     help="learning-rate schedule at the first block size (tracerl.lr_at)")
-    ap.add_argument("--curve-every", type=int, default=0,
-                    help="evaluate the first stage at its block size (greedy and mean@3, the test split) every N "
-                         "RL steps, and at step 0 (issue 27's curve; 0 = off)")
+    # 25: the curve of issue 27's stage-4 bar; 7 points cost ~30 s of a 12-minute stage (E46)
+    ap.add_argument("--curve-every", type=int, default=25,
+                    help="evaluate the first stage at its block size (greedy and mean@3 on the test split, never "
+                         "used to choose anything) at step 0 and every N RL steps (0 = off)")
     ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
     # 0.2: the smallest tail of the sweep (0, 0.1, 0.2, 0.4) that keeps >= 75 % of the B=4
     # accuracy at B=8 and >= 50 % at B=16 in every seed (docs/experiments.md E42)

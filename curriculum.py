@@ -181,7 +181,7 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
     model, meta = run.load(parent)
     cfg = RLConfig.from_args(a, block_size=block_size, steps=steps, max_rows=max_rows, **recipe)
     points, on_step = [], None
-    if curve is not None:
+    if curve is not None and dist.is_main():  # under torchrun rank 0 alone decodes it; the others wait
         every, rows, eval_seed = curve
         points.append(curve_point(model, rows, block_size, 0, seed=eval_seed))
 
@@ -209,7 +209,7 @@ def main():
     ap.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak learning rate")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per supervised step")
     ap.add_argument("--stage-steps", type=int, default=30, help="RL step cap per T* stage")
-    # 150 steps of 64 prompts, cosine from lr 1e-4: TraceRL at B=4 then lifts mean@3 by +5.5 to +6.9
+    # 150 steps of 64 prompts, cosine from lr 1e-4: TraceRL at B=4 then lifts mean@3 by +5.6 to +6.9
     # points at its best and greedy never falls more than 3 below the base, in 3 seeds (issue 27's
     # bar; E46). The later stages' 32 x 8 at a constant 3e-5 gained +3.2 to +5.1 in 150 steps (E45).
     ap.add_argument("--first-stage-steps", type=int, default=150,

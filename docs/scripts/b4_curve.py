@@ -5,12 +5,15 @@ mean@3 accuracy on held-out problems printed every --every steps.
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --shuffle-rewards   # control
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 2e-4 --ref-kl-beta 0.1   # + KL to the base
     python docs/scripts/b4_curve.py --ckpt runs/def/seed0/sft4.pt --lr 1e-4 --steps 150 --n 300 --token-mean
+    python docs/scripts/b4_curve.py --ckpt runs/tstar/sft4.pt --steps 150 --n 300 --n-prompts 64 --lr 1e-4 \
+        --lr-schedule cosine --seed 1 --eval-seed 0   # the default run's stage 4, step for step
 
 The loop is tracerl.run_tracerl itself, with an evaluation on the first --n test problems every
 --every steps (eval_math.curve_point: dynamic θ 0.9, greedy and the mean of 3 decodes at T=1). With
 `--seed S+1 --eval-seed S` and the stage's flags it is curriculum --seed S's first stage (E46
-checks that the two agree). Before E46 it repeated the loop, and E45's curves came from that copy. --shuffle-rewards is a control, not a method: inside every group the K rewards are permuted at
-random before the advantages, so each step keeps the same groups, the same number of rewarded
+checks that the two agree). Before E46 it repeated the loop, and E45's curves came from that copy.
+--shuffle-rewards is a control, not a method: inside every group the K rewards are permuted at random
+before the advantages, so each step keeps the same groups, the same number of rewarded
 responses and the same size of update, but loses the link to which response was right. If a run
 collapses as fast with shuffled rewards as with real ones, the collapse comes from the update's
 noise (the optimiser), not from what the reward teaches. --token-mean is a probe of the loss weight

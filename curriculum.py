@@ -185,9 +185,10 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
         every, rows, eval_seed = curve
         points.append(curve_point(model, rows, block_size, 0, seed=eval_seed))
 
-        def on_step(i, m):
+        def record(i, m):
             if i % every == 0:
                 points.append(curve_point(m, rows, block_size, i, seed=eval_seed))
+        on_step = record
     t0 = time.time()
     # seed + 1: the stream every stage has drawn from (a removed warm-up used `seed`), so
     # runs made before issue 28 reproduce

@@ -46,7 +46,7 @@ from dataclasses import asdict
 
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
-from eval_math import SWEEP_THRESHOLDS, EvalPlan, curve_point, evaluate_all, parse_list
+from eval_math import SWEEP_THRESHOLDS, EvalPlan, curve_recorder, evaluate_all, parse_list
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, file_sha256, load_checkpoint,
                    pick_device, save_checkpoint, write_json)
@@ -183,12 +183,7 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
     points, on_step = [], None
     if curve is not None and dist.is_main():  # under torchrun rank 0 alone decodes it; the others wait
         every, rows, eval_seed = curve
-        points.append(curve_point(model, rows, block_size, 0, seed=eval_seed))
-
-        def record(i, m):
-            if i % every == 0:
-                points.append(curve_point(m, rows, block_size, i, seed=eval_seed))
-        on_step = record
+        points, on_step = curve_recorder(model, rows, block_size, every, eval_seed)
     t0 = time.time()
     # seed + 1: the stream every stage has drawn from (a removed warm-up used `seed`), so
     # runs made before issue 28 reproduce

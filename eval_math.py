@@ -142,6 +142,17 @@ def curve_point(model, problems, block_size: int, step: int, threshold: float = 
     return pt
 
 
+def curve_recorder(model, problems, block_size: int, every: int, seed: int = 0):
+    """An RL stage's curve: its step-0 point now, and run_tracerl's on_step hook, which adds a point
+    every `every` steps. Returns (points, on_step); `points` grows as the stage trains."""
+    points = [curve_point(model, problems, block_size, 0, seed=seed)]
+
+    def on_step(i, m):
+        if i % every == 0:
+            points.append(curve_point(m, problems, block_size, i, seed=seed))
+    return points, on_step
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     """What curriculum.py decodes for every checkpoint at every block size (its --eval-* and

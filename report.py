@@ -153,13 +153,14 @@ def report(run, names, stages, results, wall, plan, seed):
                 lines.append(f"| {n} | {B} | {r['left_to_right']:.2f} | {r['kendall_tau']:.2f} | "
                              f"{r['tokens_per_step']:.2f} |")
     lines += ["", "Rollout reward per RL step (▁ = 0, █ = 1):", ""]
+    metas = {}
     for n in names:
         if n.startswith(("tstar", "direct")):
-            _, meta = run.load(n)
+            meta = metas[n] = run.load(n)[1]
             h = [x["reward"] for x in meta["rl_history"]]
             per = f", {len(h) / 60:.1f} steps a character" if len(h) > 60 else ""
             lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps{per})")
-    curve = run.load(f"tstar{stages[0]}")[1].get("curve")
+    curve = metas[f"tstar{stages[0]}"].get("curve")  # loaded for the sparklines above
     if curve:  # --curve-every: the first stage's accuracy at its own block, as it trained
         lines += ["", f"tstar{stages[0]} while it trained, at B={stages[0]} (--curve-every; step: greedy / "
                       f"mean@3 %):", "", "    " + ", ".join(f"{c['step']}: {c['greedy']:.1f} / {c['mean']:.1f}"

@@ -310,15 +310,16 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None)
     critic = Critic(model, cfg.value_lr, cfg.value_clip) if cfg.value_model else None
     hist = []
     for i in range(cfg.steps):
+        lr = lr_at(cfg, i)
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, i)
+            group["lr"] = lr
         try:
             log = rl_step(model, opt, problems, cfg, gen, critic, ref)
             if not finite(model):
                 raise FloatingPointError("the weights are no longer finite after the update")
         except FloatingPointError as e:  # from the update, or the sampler's next logits
             raise blew_up(f"{name} step {i + 1}", str(e), "--lr", cfg.lr) from None
-        log["lr"] = lr_at(cfg, i)
+        log["lr"] = lr
         hist.append(log)
         vloss = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
         vloss += f" | ref-kl {log['ref_kl']:.5f}" if ref is not None else ""

@@ -9,7 +9,7 @@ mean@3 accuracy on held-out problems printed every --every steps.
         --lr-schedule cosine --seed 1 --eval-seed 0   # the default run's stage 4, step for step
 
 The loop is tracerl.run_tracerl itself, with an evaluation on the first --n test problems every
---every steps (eval_math.curve_point: dynamic θ 0.9, greedy and the mean of 3 decodes at T=1). With
+--every steps (eval_math.curve_recorder: dynamic θ 0.9, greedy and the mean of 3 decodes at T=1). With
 `--seed S+1 --eval-seed S` and the stage's flags it is curriculum --seed S's first stage (E46
 checks that the two agree). Before E46 it repeated the loop, and E45's curves came from that copy.
 --shuffle-rewards is a control, not a method: inside every group the K rewards are permuted at random
@@ -28,7 +28,7 @@ import torch
 from probe import shuffle_rewards  # first: it puts the repo on sys.path (and holds the control)
 import tracerl
 from data.task import load_task
-from eval_math import curve_point
+from eval_math import curve_recorder
 from model import load_checkpoint
 from tracerl import RLConfig, add_rl_args, run_tracerl
 
@@ -63,10 +63,5 @@ if a.token_mean:  # DAPO / Dr. GRPO's token-level mean: long and short responses
     tracerl.build_rows = token_rows
 
 
-def on_step(i, model):
-    if i % a.every == 0:
-        curve_point(model, test_rows, a.block_size, i, seed=a.eval_seed)
-
-
-curve_point(model, test_rows, a.block_size, 0, seed=a.eval_seed)
+_, on_step = curve_recorder(model, test_rows, a.block_size, a.every, a.eval_seed)  # prints step 0 now
 run_tracerl(model, train_rows, cfg, name=f"rl{a.block_size}", seed=a.seed, on_step=on_step)

@@ -1,8 +1,8 @@
-"""The block-parallel sampler (and plain AR decoding, the speed baseline).
+"""The block-parallel sampler: eager to read, compiled to run (and plain AR decoding, the baseline).
 
-    python sample.py --ckpt runs/default/sft4.pt --block-size 4 --prompt "23+4*6-9"
-    python sample.py --ckpt runs/default/tstar16.pt --block-size 16 --rule dynamic --threshold 0.9
-    python fast_sample.py --ckpt runs/default/tstar16.pt --block-size 16   # compiled, static shapes, same flags
+    python sample.py --ckpt runs/tstar/sft4.pt --block-size 4 --prompt "23+4*6-9"
+    python sample.py --ckpt runs/tstar/tstar16.pt --block-size 16 --show   # watch one answer fill in
+    python sample.py --ckpt runs/tstar/tstar16.pt --block-size 16 --fast   # the compiled sampler, same output
 
 Block by block, left to right (docs/design.md §5). A block starts fully masked; each denoising
 step is one forward of the block against the KV cache; a token is sampled at every
@@ -12,8 +12,8 @@ masked position and some are committed:
   * dynamic: every position whose sampled token has probability >= threshold, or the
              single most confident one if none does (Fast-dLLM / SDAR's rule);
   * schedule: a fixed schedule Ŝ replayed (schedule.py).
-`commit_rule` is the one definition of the first three, which both samplers use. With a
-commit distance D (`near_frontier`, ours) only masks fewer than D places right of the
+`commit_rule` is the one definition of the first three, which both implementations use. With
+a commit distance D (`near_frontier`, ours) only masks fewer than D places right of the
 block's leftmost mask are candidates.
 The finished block is written to the cache by the *next* block's first step (one fused
 forward), so every forward counted in tokens-per-forward (TPF) also denoises; the
@@ -26,13 +26,14 @@ TPF = tokens up to and including that eos / forwards the sequence took part in.
 Simplified from the paper's stack: no remasking, lockstep batches (a forward runs while
 any row of the batch still has masks; rows that are done do not count it).
 
-Two implementations, same outputs for the same seed (tests/test_fast_sample.py):
+Two implementations of one sampler, same outputs for the same seed (tests/test_fast_sample.py):
 `generate` is the one to read (eager, drops finished rows, builds each step's mask);
-`fast_sample.generate_fast` keeps every shape static (fixed batch, full-length
-preallocated cache, masks precomputed per block) and runs each step as one
-torch.compile'd function, a CUDA graph on GPU. bench/bench_decode.py measures both against `generate_ar`.
+`generate_fast` keeps every shape static (fixed batch, full-length preallocated cache, masks
+precomputed per block) and runs each step as one torch.compile'd function, a CUDA graph on
+GPU. bench/bench_decode.py measures both against `generate_ar`.
 """
 import argparse
+import functools
 import json
 import math
 import sys
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 
 from data.task import DataError, encode_prompts
 from data.tokenizer import EOS_ID, MASK_ID, decode
-from model import CheckpointError, KVCache, load_checkpoint, pick_device
+from model import CheckpointError, KVCache, cached_step_layout, load_checkpoint, pick_device
 
 RULES = ("dynamic", "static", "ltr", "schedule")
 
@@ -259,10 +260,183 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
     return outputs(tokens, None, logp, nfe)
 
 
-def show_decoding(tokens, fwd, block_size: int, color: bool = True) -> str:
+# ----------------------------------------------------------------------------- the compiled sampler
+# `generate` made fast: the same outputs for the same seed (tests/test_fast_sample.py), with every
+# shape static (fixed batch, full-length preallocated cache, masks precomputed per block) and each
+# denoising step one torch.compile'd call (a CUDA graph on GPU). Simplified from a serving engine:
+# one fixed batch per call (no continuous batching, no paged cache); the `schedule` rule is left
+# to `generate`.
+
+@functools.lru_cache(maxsize=64)
+def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
+    """Everything position-related of a decode, built once, before the loop.
+
+    The fast path attends to the whole preallocated KV cache (S = max_seq_len slots) and
+    hides the slots not written yet with the mask, so every forward of a kind has one
+    static shape and no mask is built inside the loop. Per block: (start, end, first,
+    later), where first is the block's first step, fused with the cache write of the
+    pending tokens (the prompt for block 0, else the previous block, now clean), and
+    later is every later step (the block alone). Each is (cache slots the pending tokens
+    go to, pos [T], mask [T, S + T]), from model.cached_step_layout. (The mask window,
+    which depends on which tokens are still masked, is applied per step by GPT.hidden.)"""
+    out = []
+    for b, start in enumerate(range(0, A, block_size)):
+        end = min(start + block_size, A)
+        p0, pending_bid = (0, -1) if b == 0 else (P + start - block_size, b - 1)
+        steps = []
+        for L in (p0, P + start):  # cache length at the first step, then at later steps
+            pos, mask = cached_step_layout(L, P + start - L, pending_bid, end - start, b, S, device)
+            steps.append((slice(L, P + start), pos, mask))
+        out.append((start, end, *steps))
+    return out
+
+
+def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, nfe, done, q,
+                  threshold, k: int, by_index: bool, temperature: float, distance: int = 0):
+    """One step of `generate`'s inner loop for the whole fixed batch, as a pure function of
+    tensors, so torch.compile traces forward + sampling + commit rule as one graph.
+    pending [N, Tp] (Tp = 0 after a block's first step); blk/fwd/logp [N, Tb] are the
+    block's tokens, trace (the forward index that committed each) and log-probs.
+    Finished rows ride along: they never `need` a step, so they commit nothing and count
+    no forward. The forward attends to the full, static-size cache and writes nothing:
+    it returns the pending tokens' keys/values for the caller to copy into the cache (a
+    compiled function that mutates no input is the simple case for CUDA graphs).
+    q [N, Tb, V] are Exp(1) draws: argmax(p / q) is exactly how torch.multinomial draws
+    one sample, so with the same draws the tokens equal `generate`'s (without
+    multinomial's host sync, which checks its input)."""
+    Tp = pending.shape[1]
+    x, keys, values = model.hidden(torch.cat([pending, blk], 1), pos, mask, cache_k, cache_v)
+    logits = model.head(x)[:, Tp:].float()
+    masked = blk == MASK_ID
+    need = masked.any(1) & ~done
+    lp_all = policy_logprobs(logits, temperature)
+    tok = (lp_all.exp() / q).argmax(-1) if temperature > 0 else lp_all.argmax(-1)
+    lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
+    commit = commit_rule(lp.exp(), near_frontier(masked, distance), threshold, k, by_index) & need[:, None]
+    blk = torch.where(commit, tok, blk)
+    fwd = torch.where(commit, nfe[:, None], fwd)
+    logp = torch.where(commit, lp, logp)
+    nfe = nfe + need.long()
+    done = done | block_done(blk)
+    more = ((blk == MASK_ID).any(1) & ~done).any()  # does any row need another step?
+    return (blk, fwd, logp, nfe, done, more,
+            torch.stack(keys)[:, :, :, :Tp], torch.stack(values)[:, :, :, :Tp])
+
+
+_COMPILED = {}
+
+
+def compiled_step(device_type: str):
+    """torch.compile'd `_denoise_step`, one per device type.
+    CUDA: mode 'reduce-overhead' records each static shape (the first step of block 0,
+    P + B wide; of later blocks, 2B; every other step, B) as a CUDA graph, so a step is
+    one graph launch instead of one kernel launch per op (at this model size the
+    launches, not the arithmetic, are most of a step). CPU: default inductor, with
+    dynamic shapes so that one set of C++ kernels serves every block size and batch
+    (each static-shape graph would cost a gcc compile of its own)."""
+    if device_type not in _COMPILED:
+        cuda = device_type == "cuda"
+        # one graph per (shape, temperature > 0) on CUDA: more than dynamo's default of 8
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        if not cuda:
+            # Dynamic shapes without "duck sizing": otherwise two sizes that happen to be
+            # equal (prompt area = block size = 16, say) get one symbol, and the next block
+            # size that breaks the equality costs another compile.
+            import torch.fx.experimental._config as fx_config
+            fx_config.use_duck_shape = False
+        _COMPILED[device_type] = torch.compile(
+            _denoise_step, dynamic=not cuda, mode="reduce-overhead" if cuda else None,
+            # CPU: a C++ wrapper calls the kernels, not Python, which saves the interpreter's
+            # per-kernel overhead on every step (bench/bench_decode.py measures it)
+            options=None if cuda else {"cpp_wrapper": True})
+    return _COMPILED[device_type]
+
+
+@torch.no_grad()
+def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
+                  steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
+                  compile: bool = True, stats: dict = None, distance: int = 0):
+    """`generate` with static shapes, for speed: same arguments, same output dict (equal
+    tokens, traces, n_gen, nfe, finished; log-probs to fp tolerance) for the same seed.
+
+    What differs inside: the batch never shrinks (finished rows stay and are ignored),
+    the KV cache is preallocated to max_seq_len and attended in full (masks precomputed
+    per block hide the slots not yet written), and each step is one call of
+    `_denoise_step` (forward + sampling + commit rule), compiled unless compile=False.
+    Host syncs: one per block (is any row left? which?), plus one per step for the
+    dynamic rule, whose step count depends on the confidences (static and ltr, whose
+    step count is known, skip it on CUDA). stats, if given, receives the number of
+    batch forwards and host syncs."""
+    if rule not in RULES or rule == "schedule":
+        raise ValueError(f"generate_fast runs {RULES[:3]}, not {rule!r} (use generate)")
+    cfg, dev = model.cfg, prompts.device
+    N, A, V = prompts.shape[0], cfg.answer_len, cfg.vocab_size
+    k_static = math.ceil(block_size / (steps or block_size))
+    thr, k, by_index = rule_args(rule, threshold, k_static)
+    thr = torch.tensor(thr, device=dev)  # a tensor, so a new threshold is not a new graph
+    step_fn = compiled_step(dev.type) if compile else _denoise_step
+    cudagraphs = compile and dev.type == "cuda"
+    tokens, fwd, logp, nfe, done, cache = decode_state(cfg, N, dev)
+    no_pending = prompts[:, :0]
+    # Asking "does any row need another step?" is a host sync. The dynamic rule needs the
+    # answer (its step count depends on the confidences); static/ltr know their step
+    # count, so on CUDA they do not ask and run it out (the extra steps, once every row
+    # is done, commit nothing). On CPU asking costs nothing and saves those steps.
+    ask_every_step = rule == "dynamic" or dev.type != "cuda"
+    n_fwd = n_sync = 0
+    pending = prompts
+    layouts = _block_layouts(cfg.prompt_len, A, cfg.max_seq_len, block_size, str(dev))
+    for start, end, first, later in layouts:
+        Tb = end - start
+        # `generate` drops finished rows here and samples for the rest with one
+        # multinomial over [rows * Tb, V]; the RNG stream advances by the size of a draw,
+        # so we draw exactly that many and scatter them to the alive rows.
+        alive = (~done).nonzero().squeeze(1)
+        n_sync += 1
+        if len(alive) == 0:
+            break
+        # static/ltr: every row that needs a step commits min(k, masked) in it, so the
+        # step count is known; dynamic: after each step, ask whether any row has masks.
+        n_steps = Tb if rule == "dynamic" else math.ceil(Tb / min(k, Tb))
+        blk = torch.full((N, Tb), MASK_ID, dtype=torch.long, device=dev)
+        blk_fwd = torch.full((N, Tb), -1, dtype=torch.long, device=dev)
+        blk_logp = torch.zeros(N, Tb, dtype=torch.float32, device=dev)
+        for i in range(n_steps):
+            slots, pos, mask = first if i == 0 else later
+            q = None
+            if temperature > 0:
+                q = torch.empty(len(alive), Tb, V, device=dev).exponential_(generator=generator)
+                if len(alive) < N:
+                    q = torch.ones(N, Tb, V, device=dev).index_copy_(0, alive, q)
+            if cudagraphs:  # we clone what we keep of the last replay: its buffers may be reused
+                torch.compiler.cudagraph_mark_step_begin()
+            blk, blk_fwd, blk_logp, nfe, done, more, new_keys, new_values = step_fn(
+                model, pending, blk, pos, mask, cache.k, cache.v, blk_fwd, blk_logp, nfe, done, q,
+                thr, k, by_index, temperature, distance)
+            n_fwd += 1
+            if i == 0:  # the pending tokens are clean: their keys/values go to the cache
+                cache.k[:, :, :, slots], cache.v[:, :, :, slots] = new_keys, new_values
+                pending = no_pending
+            if cudagraphs:
+                blk, blk_fwd, blk_logp, nfe, done = (t.clone() for t in (blk, blk_fwd, blk_logp, nfe, done))
+            if ask_every_step:
+                n_sync += 1
+                if not more:
+                    break
+        tokens[:, start:end], fwd[:, start:end], logp[:, start:end] = blk, blk_fwd, blk_logp
+        pending = blk
+    if stats is not None:
+        stats.update(forwards=n_fwd, syncs=n_sync)
+    # From here on exactly as in `generate`.
+    tokens = tokens.masked_fill(fwd < 0, EOS_ID)
+    return outputs(tokens, fwd, logp, nfe)
+
+
+def show_decoding(tokens, fwd, block_size: int, color: bool = True, label: str = "forward") -> str:
     """Replay one answer's trace as text, one line per forward: '_' still masked, the
     tokens committed by that forward highlighted (reverse video on a terminal, [x]
-    otherwise). Rebuilt from the trace, which records exactly what each forward did."""
+    otherwise). Rebuilt from the trace, which records exactly what each forward did.
+    (tracerl.explain passes each token's round instead of its forward: the trace rows.)"""
     lines = []
     for s in range(int(fwd.max()) + 1):
         if not (fwd == s).any():
@@ -275,14 +449,12 @@ def show_decoding(tokens, fwd, block_size: int, color: bool = True) -> str:
             if st == s:
                 ch = f"\x1b[7m{ch}\x1b[0m" if color else f"[{ch}]"
             cells.append(ch)
-        lines.append(f"  forward {s:2d}  " + "".join(cells))
+        lines.append(f"  {label} {s:2d}  " + "".join(cells))
     return "\n".join(lines)
 
 
-def main(sampler=generate, description="Decode prompts with a tstar checkpoint."):
-    """The command line. fast_sample.py runs it with its compiled sampler: sample.py cannot
-    import fast_sample, which builds on this file (imports go one way)."""
-    ap = argparse.ArgumentParser(description=description)
+def main():
+    ap = argparse.ArgumentParser(description="Decode prompts with a tstar checkpoint.")
     ap.add_argument("--ckpt", required=True, help="checkpoint (.pt) written by train.py/tracerl.py")
     ap.add_argument("--prompt", action="append", default=None,
                     help="a question (repeatable); default: three test-style examples")
@@ -299,6 +471,8 @@ def main(sampler=generate, description="Decode prompts with a tstar checkpoint."
                     help="Ŝ JSON from schedule.py to replay (implies --rule schedule)")
     ap.add_argument("--show", action="store_true",
                     help="print the first problem's answer filling in, forward by forward")
+    ap.add_argument("--fast", action="store_true",
+                    help="decode with the compiled static-shape sampler (generate_fast; same output)")
     a = ap.parse_args()
     schedule = None
     try:
@@ -319,6 +493,9 @@ def main(sampler=generate, description="Decode prompts with a tstar checkpoint."
     else:
         extra = {"schedule": schedule} if schedule else {}
         extra["distance"] = a.commit_distance
+        if a.fast and schedule:
+            sys.exit("error: --fast does not replay a schedule (drop --fast)")
+        sampler = generate_fast if a.fast else generate
         out = sampler(model, prompts, a.block_size, a.rule, a.threshold, a.steps_per_block, a.temperature, g, **extra)
     dt = time.time() - t0
     if a.show:

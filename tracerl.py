@@ -1,39 +1,39 @@
-"""TraceRL: trajectory-aware RL for a block-diffusion policy (docs/design.md §6-§7).
+"""TraceRL: trajectory-aware RL for a block-diffusion policy, one step read top to bottom.
 
-    python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --steps 40 --out runs/x/rl8.pt
-    python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --value-model --out runs/x/rl8v.pt
-    torchrun --nproc_per_node 2 tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --out runs/x/rl8.pt
+    python tracerl.py --ckpt runs/tstar/sft4.pt --block-size 8 --steps 40 --out runs/x/rl8.pt
+    python tracerl.py --ckpt runs/tstar/sft4.pt --block-size 4 --explain   # one step, printed and explained
+    torchrun --nproc_per_node 2 tracerl.py --ckpt runs/tstar/sft4.pt --block-size 8 --out runs/x/rl8.pt
 
-At the default --updates 1 the update is a group-normalised policy gradient, −Σ w·A·∇log π:
-its one optimiser step is taken at the weights that sampled, so the ratio ρ = π_θ / π_old is
-1 on every token, PPO's clip never engages and the k3 KL to π_old and its gradient are 0.
-The clip and that KL are written out below because --updates U > 1 (U optimiser steps on the
-same rows) is where they act: from the second step on ρ ≠ 1.
+`rl_step` is one RL step; read it first. It runs five things in order, each a function of
+this file:
+  1. rollouts (`rollout`): P prompts x K samples at temperature 1, dynamic decoding at the
+     stage's block size (sample.generate), which records the trace (the forward that
+     committed every token) and every committed token's log-prob;
+  2. rewards (`rollout` too): 1 if the graded answer is right, else 0 (no eos = 0);
+  3. advantages (`group_advantages`): the z-score of the reward inside each prompt's group of
+     K (population std; groups with no variance, or outside --acc-band, get 0);
+  4. trace rows (`build_rows`, `trace_rows`): in round r every block's r-th denoising step
+     gives the targets, and every position decoded at that step or later is masked: exactly
+     the state the sampler decoded them from (TraceRL's trajectory-aware training);
+  5. update (`policy_loss`): PPO-clip on rho = pi_theta / pi_old per target token plus a k3 KL
+     to pi_old, weighted 1 / (L_resp * n_resp), fp32 log-probs, grad clip 1.0, AdamW.
+pi_old is the sampler's recorded log-prob; tests/ check it equals the recomputation in the
+training layout (`row_logprobs`). At the default --updates 1 the one optimiser step is taken
+at the weights that sampled, so rho = 1 on every token: the clip never engages, the KL and its
+gradient are 0, and the update is a group-normalised policy gradient, -sum w * A * grad log pi.
+The clip and KL are written out because --updates U > 1 is where they act.
 
-One RL step reads top to bottom as: rollouts -> rewards -> advantages -> trace rows -> update
-(steps 1-3 are rollouts.py's, 4 is traces.py's; this file is the update's maths and the loop).
-  1. rollouts: P prompts x K samples at temperature 1 (--temperature: then the policy is
-     the tempered one throughout), dynamic decoding at the stage's block size, with the
-     trace (the forward that committed every token) and log-probs recorded;
-  2. reward: 1 if the graded answer is right, else 0 (no eos = 0);
-  3. advantage: z-score within each prompt's K samples (population std, 0 when std = 0);
-     groups whose accuracy is outside --acc-band are dropped for the step;
-  4. trace rows: the trace is cut into rounds; in round r every block's r-th (merged) step
-     gives the targets, and every position decoded at that step or later is masked, i.e.
-     exactly the state the sampler saw (TraceRL's trajectory-aware training);
-  5. update: PPO-clip on ρ per target token plus a k3 KL penalty to π_old, summed over a
-     response and divided by its length, fp32 log-probs, grad clip, AdamW.
+Off by default, each one marked "[option]" where it enters rl_step, so the default path reads
+without them: --value-model (value.py: A_t = R - V(s_t)), --ref-kl-beta (a k3 KL to the
+weights the stage started from), --shrink (merge neighbouring steps of a trace into one
+action), --updates > 1. `python tracerl.py --explain` prints one step on one prompt's group,
+from the K samples to every target token's share of the loss (`explain`).
 
-π_old is the sampler's recorded log-prob; tests/ checks it equals the recomputation in
-the training layout. With --shrink > 1 the rows are not the sampler's states (a merged
-round masks tokens that were visible when its later targets were sampled), so π_old is
-recomputed in the training layout once per step. Simplified from the paper: no value model
-by default (`--value-model` adds the diffusion value model of value.py: A_t = R − V(s_t)),
-a binary reward, no reference model by default (`--ref-kl-beta β` adds a k3 KL to the frozen
-weights the stage started from). The research options of round 3 were removed in issue 28
-(docs/experiments.md names the commit that last had each). Under torchrun the P prompts are
-split across ranks (each prompt's K samples on one rank), the loss is normalised by global
-counts and gradients are summed (dist.py).
+Simplified from the paper: a binary reward, no reward model, no value model by default. The
+loss weight is ours: every response counts equally (docs/design.md §7), where TraceRL's code
+weighs every token equally. Under torchrun (dist.py) the P prompts are split across ranks
+(each prompt's K samples on one rank, so no reward is gathered), the loss is normalised by
+global counts and gradients are summed.
 """
 import argparse
 import copy
@@ -46,47 +46,13 @@ from dataclasses import dataclass, fields
 import torch
 
 import dist
-from data.task import DataError, add_task_args, check_fit, load_task, read_jsonl, task_from_args
-from model import CheckpointError, file_sha256, load_checkpoint, pick_device, save_checkpoint
-from rollouts import add_rollout_args, group_advantages, rollout  # steps 1-3
+from data.task import DataError, add_task_args, check_fit, encode_prompts, is_correct, load_task, read_jsonl, \
+    task_from_args
+from data.tokenizer import decode
+from model import CheckpointError, file_sha256, load_checkpoint, pick_device, save_checkpoint, training_input
+from sample import commit_order, generate, policy_logprobs, show_decoding
 from train import blew_up, finite
-from traces import TraceRows, build_rows, row_logprobs  # the trace -> rows step
 from value import Critic, row_values, token_advantages, value_loss
-
-
-# ----------------------------------------------------------------------------- maths
-
-def k3(delta):
-    """Schulman's k3 estimator of KL per sampled token, delta = log π_θ − log π_other:
-    exp(−delta) − 1 + delta, >= 0 and 0 only at delta = 0."""
-    return torch.exp(-delta) - 1 + delta
-
-
-def policy_loss(new_lp, old_lp, adv, weight, eps: float = 0.2, beta: float = 0.01):
-    """PPO-clip + k3 KL to π_old, per target token. All [T] fp32; weight = 1/L_resp/n_resp.
-    Returns (loss, clip fraction, mean k3 KL). The clip fraction counts the tokens whose
-    gradient PPO's min actually cuts: A > 0 with ρ > 1 + ε, A < 0 with ρ < 1 − ε."""
-    delta = new_lp - old_lp
-    ratio = delta.exp()
-    pg = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
-    kl = k3(delta)
-    loss = (weight * (-pg + beta * kl)).sum()
-    cut = ((adv > 0) & (ratio > 1 + eps)) | ((adv < 0) & (ratio < 1 - eps))
-    clipped = cut.float().mean() if ratio.numel() else ratio.new_zeros(())
-    return loss, clipped, kl.mean() if kl.numel() else kl.new_zeros(())
-
-
-def reference_penalty(new_lp, ref_lp, weight, beta: float):
-    """β · k3 KL of the policy to a frozen reference (--ref-kl-beta), per target token, weighted
-    like the policy loss. The KL in policy_loss is to π_old, the weights that sampled: at
-    --updates 1 it is exactly 0, so nothing there keeps a stage near where it started.
-    This term does (TraceRL's and most RL recipes' reference model). It is taken on the RL
-    rows, i.e. on states of the rollout block size: at B=16 it pulls toward the reference's
-    B=16 behaviour, which for sft4 is the far over-confidence the stage must leave, and it never
-    sees a B=4 state, so it is no guard of the B=4 skill by itself (docs/experiments.md E25,
-    E26). Returns (loss, mean k3)."""
-    kl = k3(new_lp - ref_lp)
-    return beta * (weight * kl).sum(), kl.mean() if kl.numel() else kl.new_zeros(())
 
 
 # ----------------------------------------------------------------------------- settings
@@ -103,14 +69,14 @@ class RLConfig:
     threshold: float       # θ of the rollouts' dynamic decoding
     temperature: float
     commit_distance: int
-    ref_kl_beta: float     # β of the KL to the stage's starting weights (0 = off)
-    shrink: int
-    updates: int           # optimiser steps per RL step
+    ref_kl_beta: float     # [option] β of the KL to the stage's starting weights (0 = off)
+    shrink: int            # [option] merge every s neighbouring trace steps (1 = off)
+    updates: int           # optimiser steps per RL step (1 = the default)
     micro_batch: int
     clip_eps: float
     kl_beta: float
     acc_band: tuple
-    value_model: bool
+    value_model: bool      # [option] the diffusion value model (value.py)
     value_lr: float
     value_clip: float
     max_rows: int = 0      # end the stage once its trace rows reach this (0 = never)
@@ -126,29 +92,154 @@ class RLConfig:
 
 # ----------------------------------------------------------------------------- one RL step
 
-def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None):
-    """rollouts -> rewards -> advantages -> trace rows -> update. `ref`: the frozen
-    reference of --ref-kl-beta (None = no reference term). Returns a log dict."""
-    t0 = time.time()
-    own = dist.rank_generator(gen)  # `gen` itself in one process
-    ro = rollout(model, problems, gen, n_prompts=cfg.n_prompts, k=cfg.k, block_size=cfg.block_size,
-                 threshold=cfg.threshold, temperature=cfg.temperature, distance=cfg.commit_distance,
-                 sample_gen=own)
-    log = rl_update(model, opt, ro, cfg, own, critic, ref)
+def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=None):
+    """One TraceRL step: rollouts -> rewards -> advantages -> trace rows -> update.
+    `gen` picks the prompts (the same on every rank); `ro`: rollouts to use instead of
+    drawing new ones (tests, the DDP check). [option] critic: the value model
+    (--value-model); ref: the frozen reference (--ref-kl-beta). Returns a log dict.
+    Every count that normalises the loss is global (summed over ranks), so the summed
+    gradients equal one process's on all the rollouts (tests/test_ddp.py)."""
+    t0, dev = time.time(), next(model.parameters()).device
+    own = dist.rank_generator(gen)  # this rank's sampling stream; `gen` itself in one process
+
+    # 1-2. rollouts and rewards: P prompts x K samples, with their traces, log-probs, rewards
+    if ro is None:
+        ro = rollout(model, problems, gen, n_prompts=cfg.n_prompts, k=cfg.k, block_size=cfg.block_size,
+                     threshold=cfg.threshold, temperature=cfg.temperature, distance=cfg.commit_distance,
+                     sample_gen=own)
+
+    # 3. advantages: the z-score of the reward inside each prompt's group of K
+    adv, kept = group_advantages(ro["reward"], cfg.acc_band)
+    adv = adv.view(-1)
+    resp = pick_responses(ro, adv, cfg.acc_band, cfg.k, critic)  # the responses that get rows
+    g = sum_over_ranks(dict(right=float(ro["reward"].sum()), answers=ro["reward"].numel(),
+                            kept=float(kept.sum()), resp=len(resp), n_gen=float(ro["n_gen"].sum()),
+                            nfe=float(ro["nfe"].sum())))
+    n_resp = int(g["resp"])  # over all ranks: the loss is the mean over every rank's responses
+
+    # 4. trace rows: each round of each response, in the state the sampler decoded it from
+    rows = build_rows(ro, resp, adv if critic is None else ro["reward"].view(-1), n_resp, cfg.block_size,
+                      cfg.shrink, dev)  # [option] with a critic the rows carry the return R first
+    n_rows = len(rows) if rows is not None else 0
+    log = dict(reward=g["right"] / g["answers"], kept=int(g["kept"]), n_resp=n_resp,
+               rows=int(dist.all_reduce_sum(n_rows)), tpf=g["n_gen"] / g["nfe"], loss=0.0, clip=0.0, kl=0.0,
+               ref_kl=0.0)
+    if critic is not None:
+        log["vloss"] = 0.0
+    if log["rows"] == 0:  # no rank has a row: no update anywhere
+        log.update(secs=time.time() - t0, prompts=cfg.n_prompts)
+        return log
+    v_old = ret = None
+    if n_rows and (cfg.shrink > 1 or critic is not None or ref is not None):  # [option]
+        v_old, ret = option_inputs(model, rows, cfg, critic, ref)
+
+    # 5. update: PPO-clip + k3 KL per target token, micro-batches accumulating into one step
+    model.train()
+    perm = torch.randperm(n_rows, generator=own, device=dev).cpu()
+    chunks = torch.tensor_split(perm, cfg.updates)  # at the default --updates 1: one chunk, all rows
+    tot = dict(loss=0.0, clipped=0.0, k3=0.0, tokens=0.0, ref_k3=0.0)
+    for chunk in chunks:  # every rank takes cfg.updates steps (some chunks may be empty on some ranks)
+        opt.zero_grad(set_to_none=True)
+        for j in range(0, len(chunk), cfg.micro_batch):
+            mb = chunk[j:j + cfg.micro_batch]
+            tok = rows.tokens(mb).to(dev)  # the flat indices of these rows' target tokens
+            new = row_logprobs(model, *rows.layout(mb.to(dev)), cfg.block_size, cfg.temperature)
+            # All rows' weights sum to 1 (a mean over responses) and a chunk holds ~1/updates of the
+            # rows: scaling by `updates` gives every optimiser step the gradient scale of --updates 1.
+            w = rows.weight[tok] * cfg.updates
+            loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, cfg.clip_eps, cfg.kl_beta)
+            ref_kl = 0.0
+            if rows.ref is not None:  # [option] --ref-kl-beta
+                ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, cfg.ref_kl_beta)
+                loss, ref_kl = loss + ref_loss, ref_kl.item()
+            loss.backward()
+            n = len(tok)
+            tot["loss"] += loss.item() / cfg.updates
+            tot["clipped"] += clip.item() * n
+            tot["k3"] += kl.item() * n
+            tot["tokens"] += n
+            tot["ref_k3"] += ref_kl * n
+        dist.all_reduce_grads(model)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        # A non-finite loss on any rank stops every rank (deciding alone would leave the
+        # others waiting in the next all-reduce).
+        if dist.all_reduce_sum(float(not math.isfinite(tot["loss"]))) or not torch.isfinite(norm):
+            raise FloatingPointError(f"the loss is {tot['loss']}, gradient norm {norm.item()}")
+        opt.step()
+    model.eval()
+    if critic is not None:  # [option] --value-model: the critic's own steps on the same chunks
+        log["vloss"] = sum_over_ranks(dict(v=critic_update(critic, rows, chunks, cfg, v_old, ret, dev)))["v"]
+
+    tot = sum_over_ranks(tot)
+    n_tok = max(tot["tokens"], 1.0)  # clip and the KLs are per target token, over every rank's tokens
+    log.update(loss=tot["loss"], clip=tot["clipped"] / n_tok, kl=tot["k3"] / n_tok, ref_kl=tot["ref_k3"] / n_tok)
     log.update(secs=time.time() - t0, prompts=cfg.n_prompts)
     return log
+
+
+# ----------------------------------------------------------------------------- steps 1-2: rollouts, rewards
+
+def positive_temperature(text: str) -> float:
+    """--temperature: a float > 0 (0 would be greedy: no two samples of a group differ, and
+    the tempered log-probs divide by it); one-line error otherwise."""
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--temperature must be a number, got {text!r}") from None
+    if not t > 0:
+        raise argparse.ArgumentTypeError(f"--temperature must be > 0, got {text!r}")
+    return t
+
+
+@torch.no_grad()
+def rollout(model, problems, gen, *, n_prompts: int, k: int, block_size: int, threshold: float,
+            temperature: float = 1.0, distance: int = 0, sample_gen=None):
+    """Pick P = n_prompts problems with the shared `gen` (every rank picks the same ones),
+    sample K = k responses for this rank's share with `sample_gen` (default: gen), decoding
+    dynamically at `block_size` and θ = `threshold` within commit `distance`, and grade them
+    with the task's own grading (data.task.is_correct): reward 1 for a right answer, 0
+    otherwise, no eos = 0. DDP: prompt p goes to rank p % world with all its K samples, so a
+    group's mean and std (its advantage) are computed on the rank that sampled it.
+
+    temperature tempers the sampling distribution, whose log-probs the sampler records and
+    the update recomputes (row_logprobs at the same temperature). Returns a dict of CPU
+    tensors: the sampler's outputs (tokens, fwd, logp, n_gen, nfe, finished; [N = G * K, ...])
+    plus prompts [N, prompt_len] and reward [G, K] for this rank's G groups."""
+    dev = next(model.parameters()).device
+    pick = torch.randint(len(problems), (n_prompts,), generator=gen, device=dev).tolist()
+    group = [problems[i] for i in pick[dist.rank()::dist.world()]]
+    prompts = encode_prompts([p["question"] for p in group], model.cfg.prompt_len)
+    prompts = prompts.repeat_interleave(k, 0).to(dev)
+    model.eval()
+    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=temperature,
+                   generator=sample_gen or gen, distance=distance)
+    reward = torch.tensor([float(is_correct(decode(t), group[i // k]["answer"], bool(f)))
+                           for i, (t, f) in enumerate(zip(out["tokens"], out["finished"]))])
+    return dict(out, prompts=prompts.cpu(), reward=reward.view(len(group), k))
+
+
+# ----------------------------------------------------------------------------- step 3: advantages
+
+def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0)):
+    """rewards [P, K] (0/1) -> (advantages [P, K], kept [P]). Population-std z-score inside
+    each group; a group is kept iff its accuracy (mean reward) lies in [lo, hi] (--acc-band)
+    and it has any variance. Dropped groups get advantage 0."""
+    mean = rewards.mean(1, keepdim=True)
+    std = rewards.std(1, unbiased=False, keepdim=True)
+    kept = (mean.squeeze(1) >= band[0]) & (mean.squeeze(1) <= band[1]) & (std.squeeze(1) > 0)
+    adv = (rewards - mean) / std.clamp_min(1e-8)
+    return adv * kept[:, None], kept
 
 
 def pick_responses(ro, adv, band, k: int, critic=None):
     """Indices of the responses that get trace rows."""
     if critic is None:
-        # A response with a zero advantage adds only KL terms to the loss. At the first
-        # optimiser step (all of --updates 1) ρ = 1 and the reference is where the stage
-        # started, so their gradient is 0 or small; its rows are not built at all. With
-        # --updates > 1 or --ref-kl-beta that drops the KL pull these responses would add: a
-        # simplification that saves most of the rows.
+        # A response with a zero advantage adds only KL terms to the loss, whose gradient is 0
+        # at the default --updates 1 (rho = 1): its rows are not built at all. With --updates > 1
+        # or --ref-kl-beta that drops the KL pull these responses would add: a simplification
+        # that saves most of the rows.
         return (adv != 0).nonzero().squeeze(1).tolist()
-    # With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
+    # [option] With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
     # every response of a group inside --acc-band is used.
     acc = ro["reward"].mean(1)
     in_band = (acc >= band[0]) & (acc <= band[1])
@@ -161,54 +252,137 @@ def sum_over_ranks(sums: dict) -> dict:
     return dict(zip(sums, total.tolist()))
 
 
-def rl_update(model, opt, ro, cfg: RLConfig, gen, critic=None, ref=None):
-    """Advantages -> trace rows -> PPO-clip update, for this rank's rollouts `ro`. Every
-    count that normalises the loss is global (summed over ranks), so the summed gradients
-    equal one process's on all the rollouts (with --updates 1; tests/test_ddp.py).
-    At --updates 1 ρ = 1, so this is plain group-normalised policy gradient (module docstring)."""
-    dev = next(model.parameters()).device
-    adv, kept = group_advantages(ro["reward"], cfg.acc_band)
-    adv = adv.view(-1)
-    resp = pick_responses(ro, adv, cfg.acc_band, cfg.k, critic)
-    g = sum_over_ranks(dict(right=float(ro["reward"].sum()), answers=ro["reward"].numel(),
-                            kept=float(kept.sum()), resp=len(resp), n_gen=float(ro["n_gen"].sum()),
-                            nfe=float(ro["nfe"].sum())))
-    n_resp = int(g["resp"])  # over all ranks: the loss is the mean over every rank's responses
-    # the group advantage, or the return R (the critic's value is subtracted below)
-    rows = build_rows(ro, resp, adv if critic is None else ro["reward"].view(-1), n_resp, cfg.block_size,
-                      cfg.shrink, dev)
-    n_rows = len(rows) if rows is not None else 0
-    log = dict(reward=g["right"] / g["answers"], kept=int(g["kept"]), n_resp=n_resp,
-               rows=int(dist.all_reduce_sum(n_rows)), tpf=g["n_gen"] / g["nfe"], loss=0.0, clip=0.0, kl=0.0,
-               ref_kl=0.0)
-    if critic is not None:
-        log["vloss"] = 0.0
-    if log["rows"] == 0:  # no rank has a row: no update anywhere
-        return log
-    v_old = ret = None
-    if n_rows:
-        with torch.no_grad():
-            if cfg.shrink > 1:
-                # The rows are not the sampler's states: a merged round masks tokens that
-                # were already committed when its later targets were sampled, so the
-                # recorded log-probs are not π_old of these rows. π_old is then the same
-                # weights in the rows' own states, which keeps the first update on-policy.
-                rows.old = over_rows(row_logprobs, model, rows, cfg.block_size, cfg.micro_batch,
-                                     temperature=cfg.temperature)
-            if critic is not None:  # V_old of every target's state; A_t = R − V_old
-                critic.model.eval()
-                v_old = over_rows(row_values, critic.model, rows, cfg.block_size, cfg.micro_batch)
-                ret, rows.adv = rows.adv, token_advantages(rows.adv, v_old)
-            if ref is not None:  # the frozen reference's log-prob of every target, in its row's state
-                rows.ref = over_rows(row_logprobs, ref, rows, cfg.block_size, cfg.micro_batch,
-                                     temperature=cfg.temperature)
-    tot = sum_over_ranks(optimise(model, opt, rows, cfg, gen, dev, critic, v_old, ret))
-    # clip and the KLs are per target token (over every rank's tokens)
-    n_tok = max(tot["tokens"], 1.0)
-    log.update(loss=tot["loss"], clip=tot["clipped"] / n_tok, kl=tot["k3"] / n_tok, ref_kl=tot["ref_k3"] / n_tok)
-    if critic is not None:
-        log["vloss"] = tot["vloss"]
-    return log
+# ----------------------------------------------------------------------------- step 4: trace rows
+
+def round_index(fwd: torch.Tensor, block_size: int, shrink: int = 1) -> torch.Tensor:
+    """Per-position round of one response's trace fwd [A]: the within-block commit order
+    (sample.commit_order: 0 for what a block's first denoising step committed, 1 for its
+    second, ...), every `shrink` neighbouring steps merged into one action; never decoded
+    (-1) -> a large number, so no round ever targets or unmasks it."""
+    rounds = commit_order(fwd, block_size)
+    return torch.where(rounds >= 0, rounds // shrink, 10 ** 6)
+
+
+def trace_rows(fwd: torch.Tensor, block_size: int, shrink: int = 1):
+    """The rounds of one response's trace fwd [A]: a list of (noisy_mask [A], target [A])
+    bool pairs. Round r masks every position with round >= r (and every never-decoded one)
+    and targets the positions with round == r, in all blocks at once, so a response gives
+    as many rows as its most-stepped block took (merged) steps."""
+    rounds = round_index(fwd, block_size, shrink)
+    decoded = fwd >= 0
+    n_rounds = int(rounds[decoded].max()) + 1 if decoded.any() else 0
+    return [(rounds >= r, rounds == r) for r in range(n_rounds)]
+
+
+def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int, temperature: float = 1.0):
+    """fp32 log-probs of the target tokens of a batch of trace rows in the training layout
+    (model.training_input), under the policy tempered by `temperature` (the rollouts'
+    --temperature: the distribution the sampler drew from, so pi_old equals the sampler's
+    recorded log-probs). prompts [R, P], clean [R, A] (final response), noisy_mask/target
+    [R, A] bool. Returns a flat [T] tensor in row-major order of target positions."""
+    P, A = prompts.shape[1], clean.shape[1]
+    idx, pos, mask = training_input(prompts, clean, noisy_mask, block_size)
+    logits, _ = model(idx, pos=pos, mask=mask)
+    lp = policy_logprobs(logits[:, P + A:], temperature).gather(-1, clean[..., None]).squeeze(-1)
+    return lp[target]
+
+
+@dataclass
+class TraceRows:
+    """This rank's trace rows of one RL step, stacked. Row i is one round of one response:
+    its prompt, the final response (clean), which positions its noisy copy masks, and
+    which of those are its targets. The per-token tensors are flat over every row's
+    targets in row-major order (as row_logprobs returns them); row i's tokens are
+    old[offsets[i]:offsets[i + 1]]."""
+    prompt: torch.Tensor   # [R, P]
+    clean: torch.Tensor    # [R, A] the sampled response
+    noisy: torch.Tensor    # [R, A] bool: masked in this row's noisy copy
+    target: torch.Tensor   # [R, A] bool: the tokens this row trains
+    old: torch.Tensor      # [T] pi_old log-prob of every target token
+    adv: torch.Tensor      # [T] its advantage (with a critic: built as the return R, then R − V_old)
+    weight: torch.Tensor   # [T] 1 / (L_resp * n_resp): a response's weights sum to 1 / n_resp
+    offsets: torch.Tensor  # [R + 1] (CPU)
+    response: torch.Tensor = None  # [R] which response (index into the rollouts) row i belongs to
+    ref: torch.Tensor = None  # [option] [T] the frozen reference's log-prob (--ref-kl-beta)
+
+    def __len__(self):
+        return self.prompt.shape[0]
+
+    def layout(self, idx):
+        """(prompt, clean, noisy, target) of rows idx: row_logprobs' and row_values' inputs."""
+        return self.prompt[idx], self.clean[idx], self.noisy[idx], self.target[idx]
+
+    def tokens(self, idx):
+        """Indices into the flat per-token tensors of rows idx, in row-major order."""
+        return torch.cat([torch.arange(self.offsets[r], self.offsets[r + 1]) for r in idx.tolist()])
+
+
+def build_rows(ro, resp, per_response, n_resp: int, block_size: int, shrink: int, dev):
+    """Cut the traces of responses `resp` (decoded at `block_size`) into trace rows
+    (trace_rows, merging every `shrink` steps), with the sampler's recorded log-probs as
+    pi_old and per_response[i] (advantage or return) on every target token of response i.
+    n_resp is the global response count that normalises the loss. None if there is no row.
+
+    The weight is ours (docs/design.md §7): 1 / (L_resp * n_resp) per token, so every response
+    counts once whatever its length; TraceRL's code divides by a fixed length instead."""
+    rows = []  # (prompt, clean, noisy, target, old, adv, weight, response) per row
+    for i in resp:
+        # L_resp = every token the sampler committed for this response (tokens committed
+        # after the first eos are actions too), so a response's weights sum to 1 / n_resp.
+        w = 1.0 / (float((ro["fwd"][i] >= 0).sum()) * n_resp)
+        for noisy, tgt in trace_rows(ro["fwd"][i], block_size, shrink):
+            n_t = int(tgt.sum())
+            rows.append((ro["prompts"][i], ro["tokens"][i], noisy, tgt, ro["logp"][i][tgt],
+                         torch.full((n_t,), float(per_response[i])), torch.full((n_t,), w), i))
+    if not rows:
+        return None
+    cols = list(zip(*rows))
+    prompt, clean, noisy, target = (torch.stack(c).to(dev) for c in cols[:4])
+    old, adv, weight = (torch.cat(c).to(dev) for c in cols[4:7])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), target.sum(1).cpu().cumsum(0)])
+    return TraceRows(prompt, clean, noisy, target, old, adv, weight, offsets, torch.tensor(cols[7]))
+
+
+# ----------------------------------------------------------------------------- step 5: the loss
+
+def k3(delta):
+    """Schulman's k3 estimator of KL per sampled token, delta = log pi_theta − log pi_other:
+    exp(−delta) − 1 + delta, >= 0 and 0 only at delta = 0."""
+    return torch.exp(-delta) - 1 + delta
+
+
+def token_losses(new_lp, old_lp, adv, weight, eps: float = 0.2, beta: float = 0.01):
+    """Each target token's term of the loss (they sum to policy_loss's loss), and the ratio
+    rho: weight * (−min(rho A, clip(rho, 1 − eps, 1 + eps) A) + beta k3). All [T] fp32."""
+    delta = new_lp - old_lp
+    ratio = delta.exp()
+    pg = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+    kl = k3(delta)
+    return weight * (-pg + beta * kl), ratio, kl
+
+
+def policy_loss(new_lp, old_lp, adv, weight, eps: float = 0.2, beta: float = 0.01):
+    """PPO-clip + k3 KL to pi_old, per target token. All [T] fp32; weight = 1/L_resp/n_resp.
+    Returns (loss, clip fraction, mean k3 KL). The clip fraction counts the tokens whose
+    gradient PPO's min actually cuts: A > 0 with rho > 1 + eps, A < 0 with rho < 1 − eps."""
+    per_token, ratio, kl = token_losses(new_lp, old_lp, adv, weight, eps, beta)
+    loss = per_token.sum()
+    cut = ((adv > 0) & (ratio > 1 + eps)) | ((adv < 0) & (ratio < 1 - eps))
+    clipped = cut.float().mean() if ratio.numel() else ratio.new_zeros(())
+    return loss, clipped, kl.mean() if kl.numel() else kl.new_zeros(())
+
+
+# ----------------------------------------------------------------------------- [options], off by default
+
+def reference_penalty(new_lp, ref_lp, weight, beta: float):
+    """[option] --ref-kl-beta: β · k3 KL of the policy to a frozen reference, per target token,
+    weighted like the policy loss. The KL in policy_loss is to pi_old, the weights that
+    sampled: at --updates 1 it is exactly 0, so nothing there keeps a stage near where it
+    started. This term does (TraceRL's reference model). It is taken on the RL rows, i.e. on
+    states of the rollout block size, so it never sees a B=4 state: no guard of the B=4 skill
+    by itself (docs/design.md §7). Returns (loss, mean k3)."""
+    kl = k3(new_lp - ref_lp)
+    return beta * (weight * kl).sum(), kl.mean() if kl.numel() else kl.new_zeros(())
 
 
 def over_rows(fn, net, rows: TraceRows, block_size: int, micro_batch: int, **kw):
@@ -218,79 +392,70 @@ def over_rows(fn, net, rows: TraceRows, block_size: int, micro_batch: int, **kw)
                       for j in range(0, len(rows), micro_batch)])
 
 
-def optimise(model, opt, rows, cfg: RLConfig, gen, dev, critic=None, v_old=None, ret=None):
-    """cfg.updates optimiser steps over this rank's trace rows (None: none here), shuffled
-    and split into equal chunks, micro-batches accumulating into each step. With a critic
-    the value model (V_old, returns ret) takes a step alongside; with rows.ref the reference
-    penalty (--ref-kl-beta) joins the loss. Returns this rank's sums (loss, clipped tokens, k3,
-    value loss, target tokens, reference k3) for the caller to add up over ranks."""
-    n_rows = len(rows) if rows is not None else 0
-    model.train()
+@torch.no_grad()
+def option_inputs(model, rows: TraceRows, cfg: RLConfig, critic=None, ref=None):
+    """[option] What the off-default options need before the update, set on `rows`:
+    --shrink > 1: pi_old recomputed in the rows' own states (a merged round masks tokens that
+    were committed when its later targets were sampled, so the recorded log-probs are not
+    pi_old of these rows; recomputing keeps the first update on-policy); --value-model:
+    V_old of every target's state and A_t = R − V_old; --ref-kl-beta: the reference's
+    log-probs. Returns (V_old, returns R), None without a critic."""
+    v_old = ret = None
+    if cfg.shrink > 1:
+        rows.old = over_rows(row_logprobs, model, rows, cfg.block_size, cfg.micro_batch,
+                             temperature=cfg.temperature)
     if critic is not None:
-        critic.model.train()
-    perm = torch.randperm(n_rows, generator=gen, device=dev).cpu()
-    tot = dict(loss=0.0, clipped=0.0, k3=0.0, vloss=0.0, tokens=0.0, ref_k3=0.0)
-    # Every rank takes cfg.updates optimiser steps (some chunks may be empty on some ranks),
-    # so the ranks' all-reduces and steps line up.
-    for chunk in torch.tensor_split(perm, cfg.updates):
-        opt.zero_grad(set_to_none=True)
-        if critic is not None:
-            critic.opt.zero_grad(set_to_none=True)
+        critic.model.eval()
+        v_old = over_rows(row_values, critic.model, rows, cfg.block_size, cfg.micro_batch)
+        ret, rows.adv = rows.adv, token_advantages(rows.adv, v_old)
+    if ref is not None:
+        rows.ref = over_rows(row_logprobs, ref, rows, cfg.block_size, cfg.micro_batch,
+                             temperature=cfg.temperature)
+    return v_old, ret
+
+
+def critic_update(critic, rows: TraceRows, chunks, cfg: RLConfig, v_old, ret, dev) -> float:
+    """[option] --value-model: the value model's optimiser steps, on the same chunks and
+    micro-batches as the policy's, PPO's clipped value loss against the return R (value.py).
+    Returns this rank's summed value loss."""
+    critic.model.train()
+    vloss = 0.0
+    for chunk in chunks:
+        critic.opt.zero_grad(set_to_none=True)
         for j in range(0, len(chunk), cfg.micro_batch):
             mb = chunk[j:j + cfg.micro_batch]
             tok = rows.tokens(mb).to(dev)
-            layout = rows.layout(mb.to(dev))
-            # All rows' weights sum to 1 (a mean over responses) and a chunk holds ~1/updates
-            # of the rows: scaling by `updates` gives every optimiser step a full-size loss,
-            # the gradient scale of --updates 1.
-            w = rows.weight[tok] * cfg.updates
-            new = row_logprobs(model, *layout, cfg.block_size, cfg.temperature)
-            loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, cfg.clip_eps, cfg.kl_beta)
-            ref_kl = 0.0
-            if rows.ref is not None:
-                ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, cfg.ref_kl_beta)
-                loss, ref_kl = loss + ref_loss, ref_kl.item()
-            loss.backward()
-            n = len(tok)
-            tot["loss"] += loss.item() / cfg.updates
-            tot["clipped"] += clip.item() * n
-            tot["k3"] += kl.item() * n
-            tot["tokens"] += n
-            tot["ref_k3"] += ref_kl * n
-            if critic is not None:
-                v = row_values(critic.model, *layout, cfg.block_size)
-                vl = value_loss(v, v_old[tok], ret[tok], w, critic.clip)
-                vl.backward()
-                tot["vloss"] += vl.item() / cfg.updates
-        dist.all_reduce_grads(model)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        # A non-finite loss on any rank stops every rank (deciding alone would leave the
-        # others waiting in the next all-reduce).
-        if dist.all_reduce_sum(float(not math.isfinite(tot["loss"]))) or not torch.isfinite(norm):
-            raise FloatingPointError(f"the loss is {tot['loss']}, gradient norm {norm.item()}")
-        opt.step()
-        if critic is not None:
-            dist.all_reduce_grads(critic.model)
-            torch.nn.utils.clip_grad_norm_(critic.model.parameters(), 1.0)
-            critic.opt.step()
-    model.eval()
-    if critic is not None:
-        critic.model.eval()
-    return tot
+            v = row_values(critic.model, *rows.layout(mb.to(dev)), cfg.block_size)
+            vl = value_loss(v, v_old[tok], ret[tok], rows.weight[tok] * cfg.updates, critic.clip)
+            vl.backward()
+            vloss += vl.item() / cfg.updates
+        dist.all_reduce_grads(critic.model)
+        torch.nn.utils.clip_grad_norm_(critic.model.parameters(), 1.0)
+        critic.opt.step()
+    critic.model.eval()
+    return vloss
 
+
+def frozen(model):
+    """[option] A copy of `model` that never trains: the reference of --ref-kl-beta."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+# ----------------------------------------------------------------------------- the loop
 
 def rl_optimizer(model, lr: float):
     """A TraceRL stage's optimiser: AdamW, no weight decay, fresh for every stage."""
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
 
 
-def lr_at(cfg: RLConfig, step: int) -> float:
-    """The learning rate of RL step `step` (0-based). Cosine decays over the step cap, to 0 at
-    its end. Why a decay (E46): one update is ~98 % noise (E45, grad_snr.py) and AdamW moves each
-    weight by about the learning rate whatever that share, so the noise is a random walk of size
-    ~ sqrt(sum lr^2) while what the reward teaches grows like sum lr. From the same peak, cosine
-    keeps half the drift and 61 % of the walk, and its late steps, where a walk has had longest
-    to wander, are small."""
+def rl_lr(cfg: RLConfig, step: int) -> float:
+    """The learning rate of RL step `step` (0-based): constant, or a cosine from cfg.lr to 0 at the
+    step cap. Why a decay (docs/design.md §7): one step's gradient is mostly noise, and AdamW moves
+    each weight by about the learning rate whatever that share, so the noise is a random walk; a
+    cosine keeps the late steps, where the walk has had longest to grow, small."""
     if cfg.lr_schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
     return cfg.lr
@@ -298,19 +463,18 @@ def lr_at(cfg: RLConfig, step: int) -> float:
 
 def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None):
     """A TraceRL stage: up to cfg.steps RL steps, stopping early once the stage's trace
-    rows reach cfg.max_rows (0 = never; --max-rows). With --ref-kl-beta > 0 the reference is a
-    frozen copy of the weights the stage starts from. on_step(i, model), if given, is called
-    after each step i = 1, 2, ... (the accuracy curves of curriculum --curve-every and
-    b4_curve.py). Returns history."""
+    rows reach cfg.max_rows (0 = never; --max-rows). on_step(i, model), if given, is called
+    after each step i = 1, 2, ... (curriculum --curve-every). Returns the history, one log
+    dict per step."""
     dev = next(model.parameters()).device
     dist.broadcast_params(model)
-    ref = frozen(model) if cfg.ref_kl_beta > 0 else None
+    ref = frozen(model) if cfg.ref_kl_beta > 0 else None  # [option]
     gen = torch.Generator(device=dev).manual_seed(seed)
     opt = rl_optimizer(model, cfg.lr)
-    critic = Critic(model, cfg.value_lr, cfg.value_clip) if cfg.value_model else None
+    critic = Critic(model, cfg.value_lr, cfg.value_clip) if cfg.value_model else None  # [option]
     hist = []
     for i in range(cfg.steps):
-        lr = lr_at(cfg, i)
+        lr = rl_lr(cfg, i)
         for group in opt.param_groups:
             group["lr"] = lr
         try:
@@ -321,11 +485,11 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None)
             raise blew_up(f"{name} step {i + 1}", str(e), "--lr", cfg.lr) from None
         log["lr"] = lr
         hist.append(log)
-        vloss = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
-        vloss += f" | ref-kl {log['ref_kl']:.5f}" if ref is not None else ""
+        extra = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
+        extra += f" | ref-kl {log['ref_kl']:.5f}" if ref is not None else ""
         print(f"{name} step {i + 1:3d}/{cfg.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
               f"{log['prompts']} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
-              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{vloss} | lr {log['lr']:.1e} | "
+              f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{extra} | lr {log['lr']:.1e} | "
               f"{log['secs']:.1f}s", flush=True)
         if on_step is not None:
             on_step(i + 1, model)
@@ -336,63 +500,136 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None)
     return hist
 
 
-def frozen(model):
-    """A copy of `model` that never trains: the reference of --ref-kl-beta."""
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
+# ----------------------------------------------------------------------------- --explain
 
+def explain(model, problems, cfg: RLConfig, seed: int = 0, tries: int = 20, color: bool = False):
+    """One RL step on one prompt's group, printed for a learner (`python tracerl.py --explain`):
+    steps 1-3 (the K samples with their rewards and advantages), then for one sample its
+    trace on its text, the trace rows built from it (step 4) and every target token's term
+    of the loss (step 5). Draws up to `tries` prompts until a group has reward variance (else
+    nothing would be trained). Takes no optimiser step. Returns the numbers it printed:
+    terms (every target token's term, all rows), loss (the update's policy_loss on those rows,
+    recomputed as rl_step does), and the rollouts (ro), chosen sample, rows."""
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    for _ in range(tries):  # steps 1-3 on one prompt
+        ro = rollout(model, problems, gen, n_prompts=1, k=cfg.k, block_size=cfg.block_size,
+                     threshold=cfg.threshold, temperature=cfg.temperature, distance=cfg.commit_distance)
+        adv, kept = group_advantages(ro["reward"], cfg.acc_band)
+        if kept.any():
+            break
+    adv = adv.view(-1)
+    question = decode([t for t in ro["prompts"][0].tolist() if t < 256])
+    print(f"One TraceRL step on one prompt's group: B={cfg.block_size}, K={cfg.k}, dynamic θ {cfg.threshold:g}, "
+          f"temperature {cfg.temperature:g}\nquestion: {question}\n")
+    print("1-3. the K samples (rollout), their rewards and group advantages (group_advantages):")
+    for i, t in enumerate(ro["tokens"]):
+        text = decode(t[:int(ro["n_gen"][i])]).replace("<|eos|>", "⏎")
+        print(f"  sample {i}  reward {int(ro['reward'].view(-1)[i])}  advantage {float(adv[i]):+.2f}  "
+              f"forwards {int(ro['nfe'][i]):2d}  {text}")
+    resp = (adv != 0).nonzero().squeeze(1).tolist()
+    if not resp:
+        print("\nEvery sample got the same reward: no advantage, no trace rows, nothing to train on this "
+              "prompt (try another --seed).")
+        return dict(terms=torch.zeros(0), loss=0.0, ro=ro, sample=None, rows=None)
+    rows = build_rows(ro, resp, adv, len(resp), cfg.block_size, cfg.shrink, dev)
+    with torch.no_grad():  # step 5's numbers at the weights that sampled (rho ~ 1)
+        new = over_rows(row_logprobs, model, rows, cfg.block_size, cfg.micro_batch, temperature=cfg.temperature)
+        terms, ratio, _ = token_losses(new, rows.old, rows.adv, rows.weight, cfg.clip_eps, cfg.kl_beta)
+        loss = policy_loss(new, rows.old, rows.adv, rows.weight, cfg.clip_eps, cfg.kl_beta)[0].item()
+    s = max(resp, key=lambda i: (float(adv[i]), -i))  # a right answer, if any
+    tokens, fwd = ro["tokens"][s], ro["fwd"][s]
+    print(f"\n{len(resp)} samples have an advantage and get trace rows. Sample {s}'s trace "
+          f"(sample.generate; [x] = committed by that forward, _ = still masked, | = block boundary):")
+    print(show_decoding(tokens, fwd, cfg.block_size, color))
+    rounds = round_index(fwd, cfg.block_size, cfg.shrink)
+    print(f"\n4. its trace rows (trace_rows): round r masks what each block committed at its r-th step or "
+          f"later (_) and targets the r-th step's tokens ([x]), in every block at once:")
+    print(show_decoding(tokens, torch.where(rounds < 10 ** 6, rounds, -1), cfg.block_size, color, label="round"))
+    print(f"\n5. its target tokens (policy_loss): log-prob under the sampler (pi_old), weight w = 1/(L_resp n_resp) "
+          f"with L_resp = {int((fwd >= 0).sum())}, n_resp = {len(resp)}; term = w (−rho A + β k3), rho = "
+          f"pi_theta/pi_old = 1 here:")
+    mine = (rows.response == s).nonzero().squeeze(1)
+    for r in mine.tolist():
+        a, b = int(rows.offsets[r]), int(rows.offsets[r + 1])
+        pos = rows.target[r].nonzero().squeeze(1).tolist()
+        for j, p in zip(range(a, b), pos):
+            ch = decode([int(tokens[p])]) if int(tokens[p]) < 256 else "⏎"
+            print(f"  round {r - int(mine[0])}  position {p:2d}  {ch!r:6}  log-prob {float(rows.old[j]):+.4f}  "
+                  f"w {float(rows.weight[j]):.5f}  A {float(rows.adv[j]):+.2f}  term {float(terms[j]):+.6f}")
+    mine_terms = torch.cat([terms[int(rows.offsets[r]):int(rows.offsets[r + 1])] for r in mine.tolist()])
+    print(f"  sample {s}'s terms sum to {float(mine_terms.sum()):+.6f} (−A/n_resp: a response counts once, "
+          f"whatever its length)")
+    print(f"\nThe loss over all {len(rows)} trace rows of the group: {loss:+.6f}. At rho = 1 it is −mean(A) over "
+          f"the responses, 0 up to rounding, since advantages sum to 0 in a group; its gradient, "
+          f"−Σ w A ∇log pi, is not: it raises the log-probs of the right samples' tokens and lowers the wrong ones'.")
+    return dict(terms=terms, loss=loss, ro=ro, sample=s, rows=rows)
+
+
+# ----------------------------------------------------------------------------- command line
 
 def add_rl_args(ap):
-    """RL flags, shared with curriculum.py."""
-    ap.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
-    ap.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
-    ap.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (higher ones cost B=4 accuracy: docs/experiments.md E4, E6)")
-    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                    help="RL learning rate over the steps: constant, or cosine from --lr to 0 at the step cap (lr_at)")
-    ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ for rollouts")
-    add_rollout_args(ap)  # steps 1-3's flags (rollouts.py)
-    ap.add_argument("--ref-kl-beta", type=float, default=0.0,
-                    help="β of a k3 KL to a frozen reference, the weights the stage starts from; 0 = off")
-    ap.add_argument("--shrink", type=int, default=1, help="merge every s neighbouring trace steps")
-    ap.add_argument("--updates", type=int, default=1,
-                    help="optimiser steps per RL step (rows split); at 1 the PPO ratio is 1, so the clip and KL are inert")
-    ap.add_argument("--micro-batch", type=int, default=256, help="rows per forward (grad accumulation)")
-    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip ε (acts only with --updates > 1)")
-    ap.add_argument("--kl-beta", type=float, default=0.01, help="k3 KL-to-π_old coefficient β (acts only with --updates > 1)")
-    ap.add_argument("--acc-band", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.0, 1.0),
-                    help="keep groups whose accuracy is in [lo,hi], e.g. 0.2,0.8")
-    ap.add_argument("--value-model", action="store_true",
-                    help="advantage R - V(state) from a diffusion value model instead of the group z-score (value.py)")
-    ap.add_argument("--value-lr", type=float, default=1e-3,
-                    help="value model learning rate (a tenth of it left V near 0 for a whole short stage)")
-    ap.add_argument("--value-clip", type=float, default=0.2, help="value loss clip (PPO value clipping)")
+    """RL flags, shared with curriculum.py. The [option] flags (off by default) are listed in
+    their own group."""
+    g = ap.add_argument_group("TraceRL")
+    g.add_argument("--n-prompts", type=int, default=32, help="prompts per RL step (split across torchrun ranks)")
+    g.add_argument("--k", type=int, default=8, help="samples per prompt (group size)")
+    g.add_argument("--lr", type=float, default=3e-5, help="RL learning rate (AdamW)")
+    g.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="RL learning rate over the steps: constant, or cosine from --lr to 0 at the step cap (rl_lr)")
+    g.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ of the rollouts")
+    g.add_argument("--temperature", type=positive_temperature, default=1.0,
+                   help="rollout sampling temperature; the update's log-probs are of the same tempered policy")
+    g.add_argument("--micro-batch", type=int, default=256, help="trace rows per forward (grad accumulation)")
+    o = ap.add_argument_group("TraceRL options, off by default")
+    o.add_argument("--commit-distance", type=int, default=0,
+                   help="rollouts commit only masks fewer than D places right of the block's leftmost mask "
+                        "(0 = anywhere; sample.near_frontier)")
+    o.add_argument("--ref-kl-beta", type=float, default=0.0,
+                   help="β of a k3 KL to a frozen reference, the weights the stage starts from; 0 = off")
+    o.add_argument("--shrink", type=int, default=1, help="merge every s neighbouring trace steps into one action")
+    o.add_argument("--updates", type=int, default=1,
+                   help="optimiser steps per RL step (rows split); at 1 the PPO ratio is 1, so the clip and KL are inert")
+    o.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip ε (acts only with --updates > 1)")
+    o.add_argument("--kl-beta", type=float, default=0.01, help="k3 KL-to-π_old β (acts only with --updates > 1)")
+    o.add_argument("--acc-band", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.0, 1.0),
+                   help="keep groups whose accuracy is in [lo,hi], e.g. 0.2,0.8")
+    o.add_argument("--value-model", action="store_true",
+                   help="advantage R - V(state) from a diffusion value model instead of the group z-score (value.py)")
+    o.add_argument("--value-lr", type=float, default=1e-3, help="value model learning rate")
+    o.add_argument("--value-clip", type=float, default=0.2, help="value loss clip (PPO value clipping)")
 
 
 def main():
     ap = argparse.ArgumentParser(description="TraceRL on a block-diffusion checkpoint.")
     ap.add_argument("--ckpt", required=True, help="starting checkpoint (.pt)")
-    ap.add_argument("--out", required=True, help="where to write the trained checkpoint (.pt)")
-    ap.add_argument("--block-size", type=int, default=8, help="training block size")
+    ap.add_argument("--out", default=None, help="where to write the trained checkpoint (.pt); needed unless --explain")
+    ap.add_argument("--explain", action="store_true",
+                    help="print one RL step on one prompt's group, from the samples to each token's share of "
+                         "the loss, and exit (trains nothing)")
+    ap.add_argument("--block-size", type=int, default=8, help="training and rollout block size")
     ap.add_argument("--steps", type=int, default=40, help="RL steps")
     ap.add_argument("--max-rows", type=int, default=0,
-                    help="end the run once its trace rows (the update's work) reach this many, a cap like --steps (0 = off; "
-                         "curriculum --direct-budget rows sets it for direct)")
-    ap.add_argument("--seed", type=int, default=0, help="rollout seed")
+                    help="end the run once its trace rows reach this many, a cap like --steps (0 = off)")
+    ap.add_argument("--seed", type=int, default=0, help="rollout seed (which prompts, which samples)")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     add_rl_args(ap)
     add_task_args(ap)
     a = ap.parse_args()
+    if not a.explain and not a.out:
+        sys.exit("error: --out is required (where to write the trained checkpoint), unless --explain")
     try:
         dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
         if a.n_prompts < dist.world():
             raise DataError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
         model, meta = load_checkpoint(a.ckpt, dev)
-        # RL needs only training prompts: --train-jsonl alone, else the checkpoint's own task
-        train_rows = read_jsonl(a.train_jsonl) if a.train_jsonl else load_task(meta.get("task") or task_from_args(a))[0]
-        check_fit(train_rows, model.cfg.prompt_len, model.cfg.answer_len, "training data", fixed=True)
-        hist = run_tracerl(model, train_rows, RLConfig.from_args(a), name=f"rl{a.block_size}", seed=a.seed)
+        # RL needs only training problems: --train-jsonl alone, else the checkpoint's own task
+        train_set = read_jsonl(a.train_jsonl) if a.train_jsonl else load_task(meta.get("task") or task_from_args(a))[0]
+        check_fit(train_set, model.cfg.prompt_len, model.cfg.answer_len, "training data", fixed=True)
+        if a.explain:
+            explain(model, train_set, RLConfig.from_args(a), seed=a.seed, color=sys.stdout.isatty())
+            return
+        hist = run_tracerl(model, train_set, RLConfig.from_args(a), name=f"rl{a.block_size}", seed=a.seed)
         if dist.is_main():
             # parent_sha256: this file's parent is --ckpt (the inherited meta holds --ckpt's own
             # parent's digest), so a run folder that holds both resumes without rebuilding it

@@ -9,7 +9,7 @@
 Decoding table, one row per (path, block size, rule, batch):
   * AR: plain AR decoding with a KV cache (sample.generate_ar), the baseline;
   * eager: the readable block sampler (sample.generate);
-  * compiled: the static-shape sampler, torch.compile'd (fast_sample.generate_fast); with
+  * compiled: the static-shape sampler, torch.compile'd (sample.generate_fast); with
     --fast-eager also its uncompiled twin, which separates "static shapes" from "compiled".
 Columns: tok/s = generated tokens (up to and including eos) / wall time; TPF = those tokens
 / the forwards each row took part in (the fused KV-commit forward counted, docs/design.md §5);
@@ -23,8 +23,8 @@ pending tokens too); `generate` drops finished rows, so its real work is a littl
 
 Training-side table: tokens/s of one AR pre-training step (train.ar_loss) and one block-SFT
 step (train.sft_loss), forward + backward + AdamW, tokens = positions in the forward; and
-sequences/s of a TraceRL rollout (rollouts.rollout, which decodes with sample.generate;
---rl-fast adds the same decode through fast_sample.generate_fast).
+sequences/s of a TraceRL rollout (tracerl.rollout, which decodes with sample.generate;
+--rl-fast adds the same decode through sample.generate_fast).
 
 Timing: each path is warmed up by one untimed call at each batch (the compiled one, on
 CUDA, at each block size too: new shapes), the paths of one configuration are timed in
@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.task import encode_prompts, make_splits, task_tensors  # noqa: E402
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, pick_device  # noqa: E402
-from fast_sample import generate_fast  # noqa: E402
+from sample import generate_fast  # noqa: E402
 from sample import generate, generate_ar  # noqa: E402
 
 # Assumed hardware figures for the floors (override with flags): H100 SXM HBM3 and its
@@ -188,7 +188,7 @@ def row(model, label, path, B, rule, N, secs, out, fwd, tokens_per_fwd, ar_tps, 
 
 def train_table(model, rows, a, dev, label):
     """Tokens/s of one AR and one block-SFT optimiser step; rollout sequences/s."""
-    import rollouts
+    import tracerl
     from train import ar_loss, sft_loss
     cfg = model.cfg
     P, A = cfg.prompt_len, cfg.answer_len
@@ -223,7 +223,7 @@ def train_table(model, rows, a, dev, label):
     rl_gen = torch.Generator(device=dev)
     rl_prompts = encode_prompts([r["question"] for r in rows[:a.rl_prompts]], P)
     rl_prompts = rl_prompts.repeat_interleave(a.rl_k, 0).to(dev)
-    fns = [lambda: rollouts.rollout(model, rows, rl_gen.manual_seed(0), n_prompts=a.rl_prompts, k=a.rl_k,
+    fns = [lambda: tracerl.rollout(model, rows, rl_gen.manual_seed(0), n_prompts=a.rl_prompts, k=a.rl_k,
                                           block_size=B, threshold=a.threshold)]
     names = ["TraceRL rollout (generate)"]
     if a.compile and a.rl_fast:

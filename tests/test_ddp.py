@@ -27,7 +27,7 @@ from data.task import encode_prompts, make_splits, task_tensors  # noqa: E402
 from eval_math import EvalPlan, evaluate_all  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from sample import generate  # noqa: E402
-from tracerl import RLConfig, add_rl_args, rl_update  # noqa: E402
+from tracerl import RLConfig, add_rl_args, rl_step  # noqa: E402
 from train import ar_loss, sft_loss, train_loop  # noqa: E402
 from value import Critic  # noqa: E402
 
@@ -71,21 +71,21 @@ def make_rollouts():
 
 
 def shard(ro):
-    """This rank's share, as rollouts.rollout() deals it: prompt p (all K samples) on rank p % world."""
+    """This rank's share, as tracerl.rollout() deals it: prompt p (all K samples) on rank p % world."""
     groups = list(range(dist.rank(), ro["reward"].shape[0], dist.world()))
     resp = torch.tensor([p * K + j for p in groups for j in range(K)], dtype=torch.long)
     return {k: (v[groups] if k in ("reward", "correct") else v[resp]) for k, v in ro.items()}
 
 
 def rl(ro, value):
-    """One rl_update (micro-batches of 5 rows) -> policy (and value model) state dicts."""
+    """One rl_step on given rollouts (micro-batches of 5 rows) -> policy (and value model) state dicts."""
     ap = argparse.ArgumentParser()
     add_rl_args(ap)
     a = RLConfig.from_args(ap.parse_args(["--k", str(K), "--micro-batch", "5"]), block_size=8, steps=1)
     model = fresh_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     critic = Critic(model, 1e-2) if value else None
-    log = rl_update(model, opt, shard(ro), a, torch.Generator().manual_seed(0), critic)
+    log = rl_step(model, opt, None, a, torch.Generator().manual_seed(0), critic, ro=shard(ro))
     out = {k: v.clone() for k, v in model.state_dict().items()}
     if value:
         out.update({"value." + k: v.clone() for k, v in critic.model.state_dict().items()})

@@ -1,4 +1,4 @@
-"""The fast sampler (fast_sample.generate_fast) returns what the readable one (sample.generate)
+"""The fast sampler (sample.generate_fast) returns what the readable one (sample.generate)
 returns: equal tokens, steps, n_gen, nfe and finished, log-probs to fp tolerance, for the
 same inputs and seed, eager and compiled, on CPU and (when there is one) on CUDA.
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import GPT
-from fast_sample import generate_fast
+from sample import generate_fast
 from sample import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,12 +98,16 @@ def test_compiled_fast_path_equals_generate_cpu(tiny32, prompts, rule, threshold
 
 
 def test_stats_count_forwards_and_syncs(tiny32, prompts):
+    """On CPU the loop asks "is any row left?" once per block it enters and "does any row
+    need another step?" after every step, so syncs = forwards + blocks entered; batch 1:
+    every batch forward is one of the row's, none wasted after it is done."""
+    B, A = 8, tiny32.cfg.answer_len
     stats = {}
-    out = generate_fast(tiny32, prompts[:1], 8, "static", compile=False, stats=stats)
-    # batch 1: every batch forward is one of the row's; on CPU the loop asks after every
-    # step (free there), so no forward is wasted after the row is done
+    out = generate_fast(tiny32, prompts[:1], B, "static", compile=False, stats=stats)
     assert stats["forwards"] == int(out["nfe"][0])
-    assert stats["syncs"] >= stats["forwards"]
+    last = int((out["fwd"][0] >= 0).nonzero().max()) // B  # the block the row finished in
+    entered = last + 1 + (1 if last + 1 < -(-A // B) else 0)  # ... plus the check that finds it done
+    assert stats["syncs"] == stats["forwards"] + entered
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -126,10 +130,16 @@ def test_eager_fast_path_equals_generate_with_commit_distance(tiny32, prompts, d
     _assert_same(ref, out)
 
 
-def test_fast_sample_cli_is_sample_cli():
-    """`python fast_sample.py` is sample.py's command line with the compiled sampler (how
-    `--fast` works now that sample.py does not import fast_sample)."""
-    r = subprocess.run([sys.executable, "fast_sample.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "compiled sampler" in r.stdout and "--ckpt" in r.stdout and "--show" in r.stdout
+def test_sample_cli_fast_prints_what_eager_prints(tiny32, tmp_path):
+    """`python sample.py --fast` decodes through the compiled sampler and prints the same
+    answers, trace picture and TPF as the eager one (only the seconds differ)."""
+    from model import save_checkpoint
+    save_checkpoint(str(tmp_path / "m.pt"), tiny32, {})
+    outs = []
+    for extra in ([], ["--fast"]):
+        r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(tmp_path / "m.pt"), "--block-size", "8",
+                            "--temperature", "1", "--show", "--prompt", "2+3", "--prompt", "7*4-1", *extra], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert r.returncode == 0, r.stderr
+        outs.append([line.split("  (")[0] for line in r.stdout.splitlines()])  # drop the "(0.12s)"
+    assert outs[0] == outs[1] and any(line.startswith("  forward") for line in outs[0])

@@ -77,16 +77,16 @@ def test_imports_of_sees_imports_inside_functions(tmp_path):
 
 def test_no_first_party_module_imports_one_that_imports_it_back():
     mods = first_party_modules()
-    assert {"curriculum", "eval_math", "schedule", "sample", "fast_sample", "rollouts", "tracerl",
-            "data.task"} <= set(mods)
+    assert {"curriculum", "eval_math", "schedule", "sample", "tracerl", "data.task"} <= set(mods)
+    # the card's layout: one file per stage (the sampler and TraceRL's steps are not split up)
+    assert not {"fast_sample", "rollouts", "traces"} & set(mods)
     graph = {m: imports_of(p, mods) - {m} for m, p in mods.items()}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
     # the grading the RL reward uses is the task's, not the evaluation script's
-    assert "eval_math" not in graph["rollouts"] and "data.task" in graph["rollouts"]
-    assert "eval_math" not in graph["tracerl"]
+    assert "eval_math" not in graph["tracerl"] and "data.task" in graph["tracerl"]
     # evaluation sits below the Ŝ analysis and the curriculum that hand it their pieces
     assert not {"schedule", "curriculum"} & graph["eval_math"]
     # dist is a leaf: any module may use it (eval_math deals evaluations across ranks)
     assert graph["dist"] == set() and "dist" in graph["eval_math"]
-    # rollouts (steps 1-2 of an RL step) sit below the RL update, never above it
-    assert "rollouts" in graph["tracerl"] and "tracerl" not in graph["rollouts"]
+    # one TraceRL step reads in tracerl.py, sample.py and model.py (and value.py's option)
+    assert graph["tracerl"] - {"dist", "data.task", "data.tokenizer", "train"} == {"sample", "model", "value"}

@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-import rollouts
 import tracerl
 from model import GPT, GPTConfig
 from sample import generate, near_frontier
@@ -61,7 +60,7 @@ def test_reference_kl_starts_at_zero_and_grows_after_a_step(monkeypatch, tiny_mo
     """--ref-kl-beta: the reference is the stage's starting weights, so the first update is
     on-policy (clip 0, KL to π_old 0) with a zero reference term; once the weights have moved
     the reference term is non-zero, and the frozen copy itself never changes."""
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
     start = [p.detach().clone() for p in m.parameters()]
     seen = []
@@ -87,7 +86,7 @@ def test_a_blown_up_update_stops_rl_and_sft_in_one_line(monkeypatch, level1_rows
     """lr 1e8 (as a user tried): step 1 is finite, its update leaves finite but huge weights,
     and step 2's rollout meets non-finite logits. It stops there with the step and the flag
     named; an update that overflows the weights themselves stops at once."""
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     torch.manual_seed(0)
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, max_seq_len=40, prompt_len=8)
     m = GPT(cfg)  # float32, as trained
@@ -160,7 +159,7 @@ def test_curriculum_runs_with_every_option(tmp_path):
 def test_temperature_flag_takes_positive_numbers_only(tmp_path):
     """--temperature 0 would be greedy (no variance in a group) and divides the tempered
     log-probs by zero: argparse refuses it, before any run folder exists."""
-    from rollouts import positive_temperature
+    from tracerl import positive_temperature
     assert positive_temperature("1.2") == 1.2
     for bad in ("0", "-1", "warm", "nan"):
         with pytest.raises(argparse.ArgumentTypeError):

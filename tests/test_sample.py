@@ -5,7 +5,7 @@ import torch
 
 from data.tokenizer import EOS_ID, MASK_ID
 from sample import generate, generate_ar
-from traces import row_logprobs, trace_rows
+from tracerl import row_logprobs, trace_rows
 
 
 def _check_trace(out, block_size, A):

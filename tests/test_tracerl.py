@@ -7,12 +7,10 @@ import math
 import pytest
 import torch
 
-import rollouts
 import tracerl
 from sample import commit_order
-from rollouts import group_advantages
-from tracerl import RLConfig, add_rl_args, k3, policy_loss, rl_step, rl_update, run_tracerl
-from traces import round_index, row_logprobs, trace_rows
+from tracerl import (RLConfig, add_rl_args, group_advantages, k3, policy_loss, rl_step, round_index, row_logprobs,
+                     run_tracerl, trace_rows)
 
 BIG = 10 ** 6  # round_index' rank of a never-decoded position
 
@@ -238,11 +236,11 @@ def test_rl_step_first_update_is_on_policy(monkeypatch, tiny_model, level1_rows,
     1.3 the update's log-probs are the tempered policy's, as the sampler's are."""
     # An untrained model never earns the real reward; grade on answer length parity
     # instead so groups have variance and rows get built.
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
     a = rl_args(n_prompts=3, k=4, lr=1e-3, micro_batch=7, shrink=shrink, temperature=temperature)
     # the same rollouts rl_step will draw (same generator seed, same weights)
-    ro = rollouts.rollout(m, level1_rows, torch.Generator().manual_seed(0), n_prompts=a.n_prompts, k=a.k,
+    ro = tracerl.rollout(m, level1_rows, torch.Generator().manual_seed(0), n_prompts=a.n_prompts, k=a.k,
                           block_size=a.block_size, threshold=a.threshold, temperature=temperature)
     adv = group_advantages(ro["reward"])[0].view(-1)
     opt = torch.optim.AdamW(m.parameters(), lr=a.lr)
@@ -265,7 +263,7 @@ def test_clip_and_kl_act_only_with_several_updates(monkeypatch, tiny_model, leve
     fraction and KL are exactly 0 (the update is group-normalised policy gradient). --updates 4
     on the same rollouts: steps 2-4 run at weights the earlier steps moved, so ρ ≠ 1, PPO's
     clip cuts some tokens and the k3 KL to π_old is positive."""
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     logs = {}
     for updates in (1, 4):
         m = copy.deepcopy(tiny_model)
@@ -278,7 +276,7 @@ def test_clip_and_kl_act_only_with_several_updates(monkeypatch, tiny_model, leve
 
 
 def test_rl_step_without_signal_changes_nothing(monkeypatch, tiny_model, level1_rows):
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: False)
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: False)
     m = copy.deepcopy(tiny_model)
     a = rl_args(n_prompts=2, k=2)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
@@ -295,10 +293,10 @@ def test_update_has_no_direction_of_its_own(monkeypatch, tiny_model, level1_rows
     its group once), the gradients cancel. This is why the --shuffle-rewards control's collapse
     (docs/experiments.md E44-E45) is the update's noise and not a drift of the loss: a weight
     that depended on the reward (a positive-only or reward-dependent length term) would fail here."""
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     m = copy.deepcopy(tiny_model)
     a = rl_args(n_prompts=3, k=4, micro_batch=7)
-    ro = rollouts.rollout(m, level1_rows, torch.Generator().manual_seed(0), n_prompts=a.n_prompts, k=a.k,
+    ro = tracerl.rollout(m, level1_rows, torch.Generator().manual_seed(0), n_prompts=a.n_prompts, k=a.k,
                           block_size=a.block_size, threshold=a.threshold)
     assert group_advantages(ro["reward"])[1].any()  # some group has variance
     opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the gradients are read, the weights stay
@@ -307,7 +305,7 @@ def test_update_has_no_direction_of_its_own(monkeypatch, tiny_model, level1_rows
                         lambda ps, max_norm: torch.stack([p.grad.norm() for p in ps if p.grad is not None]).norm())
     grads = []
     for shift in range(a.k):
-        log = rl_update(m, opt, dict(ro, reward=ro["reward"].roll(shift, 1)), a, torch.Generator().manual_seed(0))
+        log = rl_step(m, opt, None, a, torch.Generator().manual_seed(0), ro=dict(ro, reward=ro["reward"].roll(shift, 1)))
         assert log["rows"] > 0
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
     one = min(g.norm() for g in grads)
@@ -326,14 +324,14 @@ def test_cosine_schedule_reaches_the_optimiser_and_the_hook_sees_every_step(monk
         seen.append(opt.param_groups[0]["lr"])
         return real_step(model, opt, *args, **kw)
     monkeypatch.setattr(tracerl, "rl_step", spy)
-    monkeypatch.setattr(rollouts, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
     c = (1 + math.cos(math.pi / 4)) / 2
     for schedule, want in (("cosine", [1e-3, 1e-3 * c, 5e-4, 1e-3 * (1 - c)]), ("constant", [1e-3] * 4)):
         seen.clear()
         calls = []
         m = copy.deepcopy(tiny_model)
         a = rl_args(n_prompts=2, k=2, lr=1e-3, steps=4, lr_schedule=schedule)
-        assert [tracerl.lr_at(a, i) for i in range(4)] == pytest.approx(want, rel=1e-12)
+        assert [tracerl.rl_lr(a, i) for i in range(4)] == pytest.approx(want, rel=1e-12)
         hist = run_tracerl(m, level1_rows, a, seed=0, on_step=lambda i, model: calls.append((i, model)))
         assert seen == pytest.approx(want, rel=1e-12) and [h["lr"] for h in hist] == pytest.approx(want, rel=1e-12)
         assert [i for i, _ in calls] == [1, 2, 3, 4] and all(model is m for _, model in calls)

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-import rollouts
+import tracerl
 from data.task import encode_prompts, is_correct, make_splits
 from data.tokenizer import decode
 from model import GPTConfig
@@ -79,7 +79,7 @@ def test_tracerl_with_inverted_reward_lowers_true_reward(monkeypatch, level1_sft
     m = copy.deepcopy(base)
     with one_thread():
         r0 = expected_reward(m, pool)
-        monkeypatch.setattr(rollouts, "is_correct", lambda *x: not is_correct(*x))
+        monkeypatch.setattr(tracerl, "is_correct", lambda *x: not is_correct(*x))
         _rl(m, pool)
         monkeypatch.undo()
         r1 = expected_reward(m, pool)

@@ -8,8 +8,7 @@ import torch
 from data.tokenizer import MASK_ID
 from model import training_layout
 from sample import generate
-from tracerl import RLConfig, add_rl_args, rl_update
-from traces import row_logprobs, trace_rows
+from tracerl import RLConfig, add_rl_args, row_logprobs, rl_step, trace_rows
 from value import Critic, ValueModel, row_values, token_advantages, value_loss
 
 # block size 4, as in test_tracerl: block 0 commits pos 0, then 2+3, then 1; block 1
@@ -82,7 +81,7 @@ def _rl_args(k):
     return RLConfig.from_args(ap.parse_args(["--k", str(k), "--value-model"]), block_size=8, steps=1)
 
 
-def test_rl_update_with_critic_uses_reward_minus_value(tiny_model, prompts):
+def test_rl_step_with_critic_uses_reward_minus_value(tiny_model, prompts):
     """On the first update ρ = 1, so the policy loss is −Σ w (R − V_old) over every
     response (with a critic, groups that all agree are used too); the logged value loss
     is Σ w ½ (V_old − R)², and further updates on the same rollouts lower it."""
@@ -109,11 +108,11 @@ def test_rl_update_with_critic_uses_reward_minus_value(tiny_model, prompts):
         want_loss -= (w * (R - v)).sum().item()
         want_v += (w * 0.5 * (v - R) ** 2).sum().item()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    log = rl_update(m, opt, ro, a, torch.Generator().manual_seed(0), critic)
+    log = rl_step(m, opt, None, a, torch.Generator().manual_seed(0), critic, ro=ro)
     assert log["n_resp"] == 3 * k and log["clip"] == 0.0 and log["kl"] < 1e-9
     assert log["loss"] == pytest.approx(want_loss, abs=1e-6)
     assert log["vloss"] == pytest.approx(want_v, rel=1e-6)  # weights are fp32
-    vl = [log["vloss"]] + [rl_update(m, opt, ro, a, torch.Generator().manual_seed(0), critic)["vloss"]
+    vl = [log["vloss"]] + [rl_step(m, opt, None, a, torch.Generator().manual_seed(0), critic, ro=ro)["vloss"]
                            for _ in range(3)]
     assert vl[-1] < 0.5 * vl[0], vl
 

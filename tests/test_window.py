@@ -86,7 +86,7 @@ def test_near_frontier_by_hand():
 def test_recorded_logprobs_equal_rows_with_window_and_distance(tiny_model, prompts, window, distance):
     """TraceRL's exactness with the window's per-row masks: every token's recorded log-prob
     equals its recomputation in its trace row (the training layout), at B=16."""
-    from traces import row_logprobs, trace_rows
+    from tracerl import row_logprobs, trace_rows
     model, B = _twin(tiny_model, window), 16
     out = generate(model, prompts[:4], B, "dynamic", 0.3, temperature=1.0,
                    generator=torch.Generator().manual_seed(0), distance=distance)

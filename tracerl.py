@@ -521,7 +521,7 @@ def explain(model, problems, cfg: RLConfig, seed: int = 0, tries: int = 20, colo
     adv = adv.view(-1)
     question = decode([t for t in ro["prompts"][0].tolist() if t < 256])
     print(f"One TraceRL step on one prompt's group: B={cfg.block_size}, K={cfg.k}, dynamic θ {cfg.threshold:g}, "
-          f"temperature {cfg.temperature:g}\nquestion: {question}\n")
+          f"temperature {cfg.temperature:g}\nquestion: {question.strip()}\n")
     print("1-3. the K samples (rollout), their rewards and group advantages (group_advantages):")
     for i, t in enumerate(ro["tokens"]):
         text = decode(t[:int(ro["n_gen"][i])]).replace("<|eos|>", "⏎")

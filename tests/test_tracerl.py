@@ -335,3 +335,35 @@ def test_cosine_schedule_reaches_the_optimiser_and_the_hook_sees_every_step(monk
         hist = run_tracerl(m, level1_rows, a, seed=0, on_step=lambda i, model: calls.append((i, model)))
         assert seen == pytest.approx(want, rel=1e-12) and [h["lr"] for h in hist] == pytest.approx(want, rel=1e-12)
         assert [i for i, _ in calls] == [1, 2, 3, 4] and all(model is m for _, model in calls)
+
+
+# ----------------------------------------------------------------------------- --explain
+
+def test_explain_prints_the_terms_of_the_loss_the_update_takes(monkeypatch, capsys, tiny_model, level1_rows):
+    """tracerl.explain prints every target token of one sample with its term of the loss; those
+    printed terms add up to the printed sum, all terms add up to the printed group loss, and
+    that loss is the one rl_step's update takes on the same rollouts (step 5, micro-batched)."""
+    import re
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    a = rl_args(k=4, micro_batch=5, lr=1e-3)
+    m = copy.deepcopy(tiny_model)
+    res = tracerl.explain(m, level1_rows, a, seed=0)
+    text = capsys.readouterr().out
+    assert res["sample"] is not None and "4. its trace rows" in text
+    printed = [float(x) for x in re.findall(r"term ([+-]\d+\.\d+)", text)]
+    s = res["sample"]
+    n_targets = int((res["ro"]["fwd"][s] >= 0).sum())
+    assert len(printed) == n_targets  # one line per token the sampler committed for this sample
+    said = float(re.search(r"terms sum to ([+-]\d+\.\d+)", text).group(1))
+    assert sum(printed) == pytest.approx(said, abs=1e-6 * len(printed))  # each printed to 6 places
+    assert float(res["terms"].sum()) == pytest.approx(res["loss"], abs=1e-12)
+    assert float(re.search(r"trace rows of the group: ([+-]\d+\.\d+)", text).group(1)) == pytest.approx(res["loss"], abs=1e-6)
+    # the update's own loss on the same rollouts
+    opt = torch.optim.AdamW(m.parameters(), lr=a.lr)
+    log = rl_step(m, opt, None, a, torch.Generator().manual_seed(0), ro=res["ro"])
+    assert log["rows"] == len(res["rows"]) and log["loss"] == pytest.approx(res["loss"], abs=1e-7)
+    # at the weights that sampled ρ = 1 and k3 = 0, so each term is −w·A: a group's advantages sum
+    # to 0 and so does the loss (to rounding), while no term is 0
+    rows = res["rows"]
+    assert torch.allclose(res["terms"], -rows.weight * rows.adv, atol=1e-6, rtol=0)
+    assert res["terms"].abs().min() > 1e-3 and abs(res["loss"]) < 1e-6

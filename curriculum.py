@@ -54,15 +54,32 @@ from tracerl import RLConfig, add_rl_args, run_tracerl
 from report import aggregate, pictures, report
 from train import AR_STEPS, SFT_STEPS, run_ar, run_sft, tail_mix, window_for
 
-# "cpu" is the argparse defaults (sized for a 2-core CPU, README). "gpu" is one flag away:
-# a 9.9M-parameter model, 4x the supervised steps at 4x the batch, 4x the rollouts per RL step
-# (bf16 autocast and fused AdamW switch on by themselves on CUDA, train.py). Not yet
-# measured on a GPU in this repo; it starts on CPU with tiny overrides (tests/).
+# Every budget of the job, in one place (docs/design.md §8 says how each was chosen); a flag
+# typed on the command line wins over its preset's value.
+#   cpu:   the default, sized for a 2-core CPU (README: ~25 min). The first stage has its own
+#          recipe: 150 steps of 64 prompts with a cosine from lr 1e-4, what it takes to gain ~5
+#          points of mean@3 at B=4 without drifting off; the later stages and direct run 32 x 8
+#          at a constant 3e-5.
+#   quick: a smoke run of a couple of minutes (it shows the pipeline works, not a result).
+#   gpu:   a 9.9M-parameter model, 4x the supervised steps at 4x the batch, 2-4x the rollouts
+#          per RL step, the first stage at least the CPU's 150 steps with its curve every 10.
+#          Not yet measured on a GPU (none has been lent to this repo); tests run it on CPU.
+CPU = dict(n_layer=4, n_head=4, n_embd=128, batch_size=64, ar_steps=AR_STEPS, sft_steps=SFT_STEPS,
+           ar_lr=1e-3, sft_lr=1e-3, first_stage_steps=150, first_stage_prompts=64, first_stage_lr=1e-4,
+           first_stage_lr_schedule="cosine", stage_steps=30, n_prompts=32, k=8, lr=3e-5, curve_every=25)
 PRESETS = {
-    "cpu": {},
-    "gpu": dict(n_layer=8, n_head=8, n_embd=320, batch_size=256, ar_steps=8000, sft_steps=4000,
-                n_prompts=64, k=16, stage_steps=100, first_stage_steps=20, first_stage_prompts=128),
+    "cpu": CPU,
+    "quick": dict(CPU, ar_steps=150, sft_steps=100, first_stage_steps=2, first_stage_prompts=8, stage_steps=3,
+                  n_prompts=8, k=4),
+    "gpu": dict(CPU, n_layer=8, n_head=8, n_embd=320, batch_size=256, ar_steps=8000, sft_steps=4000,
+                first_stage_steps=150, first_stage_prompts=128, stage_steps=100, n_prompts=64, k=16, curve_every=10),
 }
+# Accepted but not listed by --help (which stays one screen): the off-default RL options
+# (tracerl.py --help explains them) and the rarely changed knobs.
+HIDDEN = ("ar_lr", "sft_lr", "no_block_offsets", "first_stage_prompts", "first_stage_lr_schedule", "lr_schedule",
+          "micro_batch", "eval_threshold", "eval_temperature", "n_train", "n_test", "data_seed", "commit_distance",
+          "ref_kl_beta", "shrink", "updates", "clip_eps", "kl_beta", "acc_band", "value_model", "value_lr",
+          "value_clip")
 
 
 def parse_stages(text: str, answer_len: int):
@@ -194,70 +211,72 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
     return meta
 
 
-def main():
-    ap = argparse.ArgumentParser(description="T*: TraceRL block-size curriculum with baselines.")
-    ap.add_argument("--stages", default="4,8,16", help="block sizes, increasing, e.g. 4,8,16")
-    ap.add_argument("--out", default="runs/tstar", help="run directory (resumed if it exists)")
-    ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of a few minutes")
-    ap.add_argument("--ar-steps", type=int, default=AR_STEPS, help="AR pre-training steps")
-    ap.add_argument("--sft-steps", type=int, default=SFT_STEPS, help="block SFT steps at the first stage")
-    ap.add_argument("--ar-lr", type=float, default=1e-3, help="AR peak learning rate")
-    ap.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak learning rate")
-    ap.add_argument("--batch-size", type=int, default=64, help="sequences per supervised step")
-    ap.add_argument("--stage-steps", type=int, default=30, help="RL step cap per T* stage")
-    # 150 steps of 64 prompts, cosine from lr 1e-4: TraceRL at B=4 then lifts mean@3 by +5.6 to +6.9
-    # points at its best and greedy never falls more than 3 below the base, in 3 seeds (issue 27's
-    # bar; E46). The later stages' 32 x 8 at a constant 3e-5 gained +3.2 to +5.1 in 150 steps (E45).
-    ap.add_argument("--first-stage-steps", type=int, default=150,
-                    help="RL step cap at the first block size")
-    # one step's gradient is ~98 % noise (E45): twice the prompts halve its variance, and a decaying
-    # rate keeps the random walk small where it has had longest to grow (tracerl.lr_at)
-    ap.add_argument("--first-stage-prompts", type=int, default=64, help="prompts per RL step at the first block size")
-    ap.add_argument("--first-stage-lr", type=float, default=1e-4, help="peak RL learning rate at the first block size")
-    ap.add_argument("--first-stage-lr-schedule", default="cosine", choices=["constant", "cosine"],
-                    help="learning-rate schedule at the first block size (tracerl.lr_at)")
-    # 25: the curve of issue 27's stage-4 bar; 7 points cost ~30 s of a 12-minute stage (E46)
-    ap.add_argument("--curve-every", type=int, default=25,
-                    help="evaluate the first stage at its block size (greedy and mean@3 on the test split, never "
-                         "used to choose anything) at step 0 and every N RL steps (0 = off)")
-    ap.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
-    # 0.2: the smallest tail of the sweep (0, 0.1, 0.2, 0.4) that keeps >= 75 % of the B=4
-    # accuracy at B=8 and >= 50 % at B=16 in every seed (docs/experiments.md E42)
-    ap.add_argument("--sft-tail", type=float, default=0.2,
-                    help="share of the base's SFT batches drawn at the ladder's bigger block sizes, each next "
-                         "size a third as often (ours: a base that survives bigger blocks; 0 = all at the first B)")
-    add_model_args(ap)
-    ap.add_argument("--direct-budget", default="steps", choices=["steps", "rows"],
-                    help="direct's RL budget: T*'s total steps, or T*'s total trace rows (equal compute; "
-                         "docs/experiments.md E34)")
-    ap.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
-    ap.add_argument("--eval-samples", type=int, default=3,
-                    help="sampled decodes per problem for the mean@N column (dynamic θ at --eval-temperature; "
-                         "the field's metric is 3 at T=1); 0 = greedy only")
-    ap.add_argument("--eval-temperature", type=float, default=1.0, help="temperature of the mean@N decodes")
-    ap.add_argument("--sweep-thresholds", default=",".join(map(str, SWEEP_THRESHOLDS)),
-                    help="θ values of the frontier sweep (dynamic at each, plus static and ltr, for every "
-                         "checkpoint and B: results.json, frontier.png); '' = the main table only")
-    ap.add_argument("--seed", type=int, default=0, help="training and rollout seed (one run, into --out)")
-    ap.add_argument("--seeds", default=None,
-                    help="comma-separated training seeds, e.g. 0,1,2: one ladder per seed into OUT/seed{S}, "
-                         "then OUT/aggregate.md and .json (mean and min-max per cell); overrides --seed")
-    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+def build_parser():
+    """curriculum.py's flags, in groups; defaults are the "cpu" preset's (main applies another)."""
+    ap = argparse.ArgumentParser(
+        usage="python curriculum.py [--stages 4,8,16] [--preset cpu|quick|gpu] [--out DIR] [flags]",
+        description="T*: TraceRL block-size curriculum with its direct and no-RL baselines.",
+        epilog="Also accepted (not listed): " + ", ".join("--" + h.replace("_", "-") for h in HIDDEN) +
+               ". The RL options are explained by python tracerl.py --help.")
+    run = ap.add_argument_group("run")
+    run.add_argument("--stages", default="4,8,16", help="block sizes, increasing, e.g. 4,8,16")
+    run.add_argument("--out", default="runs/tstar", help="run directory (resumed if it exists)")
+    run.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                     help="model size and every budget (curriculum.PRESETS); typed flags win over it")
+    run.add_argument("--quick", action="store_true", help="the same as --preset quick: a smoke run of a few minutes")
+    run.add_argument("--seed", type=int, default=0, help="training and rollout seed (one run, into --out)")
+    run.add_argument("--seeds", default=None,
+                     help="training seeds, e.g. 0,1,2: one ladder per seed into OUT/seed{S}, then OUT/aggregate.md "
+                          "(mean and min-max); overrides --seed")
+    run.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    add_model_args(ap.add_argument_group("model"))
+    base = ap.add_argument_group("budgets and the base")
+    base.add_argument("--ar-steps", type=int, help="AR pre-training steps")
+    base.add_argument("--sft-steps", type=int, help="block SFT steps of the base, at the first block size")
+    base.add_argument("--ar-lr", type=float, help="AR peak learning rate")
+    base.add_argument("--sft-lr", type=float, help="SFT peak learning rate")
+    base.add_argument("--batch-size", type=int, help="sequences per supervised step")
+    base.add_argument("--sft-tail", type=float, default=0.2,
+                      help="share of the base's SFT batches drawn at the ladder's bigger block sizes, each next size a "
+                           "third as often (ours: a base that survives bigger blocks; 0 = all at the first B)")
+    base.add_argument("--no-block-offsets", action="store_true", help="SFT on the aligned block grid only")
+    base.add_argument("--first-stage-steps", type=int, help="RL steps at the first block size")
+    base.add_argument("--first-stage-prompts", type=int, help="prompts per RL step at the first block size")
+    base.add_argument("--first-stage-lr", type=float, help="peak RL learning rate at the first block size")
+    base.add_argument("--first-stage-lr-schedule", choices=["constant", "cosine"],
+                      help="learning-rate schedule at the first block size (tracerl.rl_lr)")
+    base.add_argument("--stage-steps", type=int, help="RL steps at every later block size")
+    base.add_argument("--direct-budget", default="steps", choices=["steps", "rows"],
+                      help="direct's RL budget: T*'s total steps, or as many trace rows as T* built (equal compute)")
     add_rl_args(ap)
-    add_task_args(ap)
-    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                    help="budget and model size; explicit flags override the preset's values")
+    ev = ap.add_argument_group("evaluation")
+    ev.add_argument("--eval-threshold", type=float, default=0.9, help="θ of the dynamic rule at evaluation")
+    ev.add_argument("--eval-samples", type=int, default=3,
+                    help="sampled decodes per problem for the mean@N column (the field's metric: 3 at T=1); 0 = greedy only")
+    ev.add_argument("--eval-temperature", type=float, default=1.0, help="temperature of the mean@N decodes")
+    ev.add_argument("--sweep-thresholds", default=",".join(map(str, SWEEP_THRESHOLDS)),
+                    help="θ of the frontier sweep (dynamic at each, plus static and ltr); '' = the main table only")
+    ev.add_argument("--curve-every", type=int,
+                    help="the first stage's accuracy at its block size (greedy and mean@3 on the test split, never "
+                         "used to choose anything) at step 0 and every N RL steps (0 = off)")
+    add_task_args(ap.add_argument_group("data"))
+    ap.set_defaults(**PRESETS["cpu"])
+    for action in ap._actions:  # listed in the epilog instead
+        if action.dest in HIDDEN:
+            action.help = argparse.SUPPRESS
+    return ap
+
+
+def main():
+    ap = build_parser()
     # two passes: the preset replaces the defaults, then whatever the user typed wins over it
     pre, _ = ap.parse_known_args()
-    ap.set_defaults(**PRESETS[pre.preset])
+    ap.set_defaults(**PRESETS["quick" if pre.quick else pre.preset])
     a = ap.parse_args()
-    # every flag's value when not typed (the preset's where it has one): a run made before a
-    # flag existed resumes while that flag stays at it (Run's settings check)
+    a.preset = "quick" if a.quick else a.preset
+    # every flag's value when not typed (the preset's): a run made before a flag existed resumes
+    # while that flag stays at it (Run's settings check)
     defaults = json.loads(json.dumps(vars(ap.parse_args([]))))
-    if a.quick:
-        # overrides the budget flags: a smoke run, not a result
-        a.ar_steps, a.sft_steps, a.first_stage_steps, a.stage_steps, a.n_prompts, a.k = 150, 100, 2, 3, 8, 4
-        a.first_stage_prompts = 8
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     # Every flag check that can fail does so here, before a run folder or a checkpoint is
     # written: a typo should cost a second, not a resumed run with mixed settings.
@@ -306,7 +325,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
     task = task_from_args(a)
     # Flags that do not change what is trained may differ on resume; the ladder may grow.
     skip = {"out", "device", "stages", "eval_threshold", "seeds", "sweep_thresholds", "eval_samples",
-            "eval_temperature", "curve_every"}
+            "eval_temperature", "curve_every", "quick"}  # quick: --preset quick says it
     settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip | {"seed"}},
                     seed=seed)
     t_start = time.time()

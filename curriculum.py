@@ -12,7 +12,7 @@ it was trained from (docs/design.md §8):
   data -> AR pre-train (ar.pt) -> block SFT at the first B, with a tail of the ladder's bigger
           blocks (--sft-tail 0.2: B=4 80 %, B=8 15 %, B=16 5 %; ours) (sft{B0}.pt) ->
   T*: TraceRL at every B in --stages, each from the previous stage (tstar{B}.pt; the first
-      with its own recipe, --first-stage-*: 64 prompts, cosine from lr 1e-4; E46) ->
+      with its own recipe: 64 prompts, a cosine from lr 1e-4; PRESETS) ->
   direct: TraceRL at the last B straight from sft{B0}, with T*'s total RL steps (direct{B}.pt;
           --direct-budget rows: as many trace rows as T* built instead) ->
   no-RL: the same ladder with block SFT instead of RL, as many updates per stage (norl{B}.pt) ->
@@ -26,10 +26,9 @@ it was trained from (docs/design.md §8):
 Reconstructed, not copied: the paper's body is not public to us. Its abstract fixes
 the idea (AR-initialised small-block MDM, TraceRL per block size, progressive growth);
 the SFT tail, the stage budget (a step cap per stage), the no-RL ladder and the direct
-baseline's budget are our choices (README, "What is ours"). The curriculum's research options of
-round 3 (a warm-up at the old block size, commit distances per stage or spread over a
-group, a reward target, a reference at the base) were removed in issue 28
-(docs/experiments.md names the commit that last had each).
+baseline's budget are our choices (README, "What is ours"). Options that were tried and lost
+(a warm-up at the old block size, commit distances per stage, a reward target, ...) are gone
+from the code; docs/experiments.md names the commit that last had each.
 
 Under torchrun (dist.py) every stage is data parallel: supervised batches and RL prompts
 are split across ranks, rank 0 writes the checkpoints, settings, evaluation cache and
@@ -189,9 +188,9 @@ class Run:
 def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0, curve=None, **recipe):
     """TraceRL at block_size from checkpoint `parent`, saved as `name` (skipped if present
     and still `parent`'s child): at most `steps` RL steps, or until its trace rows reach
-    max_rows (0 = no row budget). With --ref-kl-beta the reference is the stage's start.
-    `recipe` overrides RL flags for this stage (the first stage's n_prompts, lr, lr_schedule).
-    curve = (every, test_rows, eval_seed): the stage's accuracy curve at its block size, at step 0
+    max_rows (0 = no row budget), drawing its rollouts from `seed`. With --ref-kl-beta the
+    reference is the stage's start. `recipe` overrides RL flags for this stage (the first stage's n_prompts, lr, lr_schedule).
+    curve = (every, test_set, eval_seed): the stage's accuracy curve at its block size, at step 0
     and every `every` steps, printed and kept in the checkpoint's meta (--curve-every)."""
     if run.have(name, parent):
         return run.load(name)[1]
@@ -202,9 +201,7 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
         every, rows, eval_seed = curve
         points, on_step = curve_recorder(model, rows, block_size, every, eval_seed)
     t0 = time.time()
-    # seed + 1: the stream every stage has drawn from (a removed warm-up used `seed`), so
-    # runs made before issue 28 reproduce
-    hist = run_tracerl(model, problems, cfg, name=name, seed=seed + 1, on_step=on_step)
+    hist = run_tracerl(model, problems, cfg, name=name, seed=seed, on_step=on_step)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
                 rl_history=hist, rl_seconds=time.time() - t0, curve=points)
     run.save(name, model, meta, parent)
@@ -329,53 +326,54 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
     settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip | {"seed"}},
                     seed=seed)
     t_start = time.time()
-    train_rows, test_rows = load_task(task)  # before Run: bad data leaves no run directory
-    check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
+    train_set, test_set = load_task(task)  # before Run: bad data leaves no run directory
+    check_fit(train_set + test_set, cfg.prompt_len, cfg.answer_len)
     run = Run(out, settings, dev, defaults, started=t_start)
     B0 = stages[0]
     # --- supervised stages: the AR-initialised small-block MDM
     if not run.have("ar"):
-        model, meta = run_ar(cfg, task, train_rows, test_rows, a.ar_steps, a.ar_lr, a.batch_size,
+        model, meta = run_ar(cfg, task, train_set, test_set, a.ar_steps, a.ar_lr, a.batch_size,
                              dev, seed, log_every=100)
         run.save("ar", model, meta)
     sft0 = f"sft{B0}"
     if not run.have(sft0, "ar"):
         model, _ = run.load("ar")
-        model, meta = run_sft(model, task, train_rows, test_rows, B0, a.sft_steps, a.sft_lr,
+        model, meta = run_sft(model, task, train_set, test_set, B0, a.sft_steps, a.sft_lr,
                               a.batch_size, seed, not a.no_block_offsets, log_every=100, block_mix=mix)
         run.save(sft0, model, dict(meta, method="sft"), "ar")
     # --- T*: TraceRL at each block size from the previous stage
     parent, steps_used, rows_used = sft0, {}, {}
     for i, B in enumerate(stages):
         cap = a.first_stage_steps if i == 0 else a.stage_steps
-        # seed + 100 * i: every stage draws its own prompts and samples (a shared stream
-        # would make stage 8 start by replaying stage 4's first rollouts)
+        # Rollout streams: stage i draws from seed + 1 + 100 * i, so every stage draws its own
+        # prompts and samples (a shared stream would make stage 8 start by replaying stage 4's
+        # first rollouts), and none replays the base's training stream (`seed`)
         recipe = dict(n_prompts=a.first_stage_prompts, lr=a.first_stage_lr,
                       lr_schedule=a.first_stage_lr_schedule) if i == 0 else {}
-        curve = (a.curve_every, test_rows, seed) if i == 0 and a.curve_every > 0 else None
-        meta = rl_stage(run, f"tstar{B}", parent, B, cap, train_rows, a, seed + 100 * i, curve=curve, **recipe)
+        curve = (a.curve_every, test_set, seed) if i == 0 and a.curve_every > 0 else None
+        meta = rl_stage(run, f"tstar{B}", parent, B, cap, train_set, a, seed + 1 + 100 * i, curve=curve, **recipe)
         steps_used[B] = len(meta["rl_history"])
         rows_used[B] = sum(h["rows"] for h in meta["rl_history"])
         parent = f"tstar{B}"
     # --- direct: the last block size straight from the SFT model, T*'s total RL steps
     B_last = stages[-1]
     if len(stages) > 1:
-        # its own rollout stream (seed + 1000, past any stage's seed + 100 * i): direct does not
-        # replay the prompt draws of T*'s first stage, which start from the same weights
+        # its own rollout stream (seed + 1001, past any stage's): direct does not replay the
+        # prompt draws of T*'s first stage, which start from the same weights
         # --direct-budget steps: T*'s total RL steps; rows: as many steps as it takes to build as
         # many trace rows as all T* stages did (a step at a small block builds fewer rows, so
-        # equal steps give direct more compute: docs/experiments.md E34), capped at 3x the steps
+        # equal steps give direct more compute), capped at 3x the steps
         n_steps, max_rows = sum(steps_used.values()), 0
         if a.direct_budget == "rows":
             n_steps, max_rows = 3 * n_steps, sum(rows_used.values())
-        rl_stage(run, f"direct{B_last}", sft0, B_last, n_steps, train_rows, a, seed + 1000, max_rows)
+        rl_stage(run, f"direct{B_last}", sft0, B_last, n_steps, train_set, a, seed + 1001, max_rows)
     # --- no-RL: the same ladder with supervised updates instead of RL
     parent = sft0
     for B in stages[1:]:
         name = f"norl{B}"
         if not run.have(name, parent):
             model, meta = run.load(parent)
-            model, meta = run_sft(model, task, train_rows, test_rows, B, steps_used[B], a.sft_lr,
+            model, meta = run_sft(model, task, train_set, test_set, B, steps_used[B], a.sft_lr,
                                   a.batch_size, seed, not a.no_block_offsets, log_every=100,
                                   name=name)
             run.save(name, model, dict(meta, method="norl", parent=parent), parent)
@@ -385,7 +383,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
             ([f"direct{B_last}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
     # Ŝ statistics are handed in (schedule.py imports eval_math); every B decodes at
     # --commit-distance, as the rollouts did
-    results = evaluate_all(run, names, stages, test_rows, plan, seed,
+    results = evaluate_all(run, names, stages, test_set, plan, seed,
                            distance=a.commit_distance, row_stats=schedule_stats)
     if dist.is_main():
         report(run, names, stages, results, run.add_time(), plan, seed)

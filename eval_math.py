@@ -1,11 +1,11 @@
 """Grade a checkpoint on the math test split: accuracy and tokens per forward.
 
-    python eval_math.py --ckpt runs/default/sft4.pt --block-size 4
-    python eval_math.py --ckpt runs/default/sft4.pt --block-size 16 --samples 3 --temperature 1   # mean@3
-    python eval_math.py --ckpt runs/default/tstar16.pt --block-size 16 --rule static
+    python eval_math.py --ckpt runs/tstar/sft4.pt --block-size 4
+    python eval_math.py --ckpt runs/tstar/sft4.pt --block-size 16 --samples 3 --temperature 1   # mean@3
+    python eval_math.py --ckpt runs/tstar/tstar16.pt --block-size 16 --rule static
     python eval_math.py --ckpt runs/tstar/tstar8.pt --block-size 4,8,16 --sweep   # the frontier
     python eval_math.py --ckpt runs/mine/sft4.pt --test-jsonl my/test.jsonl   # your own GSM8K-style data
-    python eval_math.py --ckpt runs/default/sft4.pt --block-size 8 --positions  # per-position table
+    python eval_math.py --ckpt runs/tstar/sft4.pt --block-size 8 --positions  # per-position table
 
 One row per call: accuracy, tokens per forward (TPF, every forward counted), tokens/s,
 with block size, rule, θ, commit distance, device and seed. `--sweep` decodes the
@@ -189,7 +189,7 @@ def cache_key(name, B, rule, t, distance, temperature=0.0, samples=1):
     return f"{name}|{B}|{rule}|{t}|{distance}" + (f"|T{temperature:g}x{samples}" if rule == "sampled" else "")
 
 
-def evaluate_all(run, names, stages, test_rows, plan: EvalPlan, seed, distance: int, row_stats):
+def evaluate_all(run, names, stages, test_set, plan: EvalPlan, seed, distance: int, row_stats):
     """Every checkpoint of curriculum.py's run at every block size, every decode of
     eval_jobs; cached in eval.json by the checkpoint file's sha256 (curriculum.Run.digest, the same
     freshness test the resume uses), so a resumed run only evaluates what changed.
@@ -216,7 +216,7 @@ def evaluate_all(run, names, stages, test_rows, plan: EvalPlan, seed, distance: 
         for B, rule, t in tqdm(todo[dist.rank()::dist.world()], desc=f"eval {name}", unit="decode",
                                leave=False, disable=None if dist.is_main() else True):
             sampled = rule == "sampled"
-            r = evaluate(model, test_rows, B, "dynamic" if sampled else rule, plan.threshold if t is None else t,
+            r = evaluate(model, test_set, B, "dynamic" if sampled else rule, plan.threshold if t is None else t,
                          seed=seed, distance=distance, temperature=plan.temperature if sampled else 0.0,
                          samples=plan.samples if sampled else 1)
             row = {k: v for k, v in r.items() if k not in ("texts", "correct", "out")}

@@ -15,7 +15,7 @@ that achieves comparable performance". Three views of that schedule (docs/design
     mean commit step, cut into the model's typical number of steps with its typical number
     of tokens per step). Saved as JSON next to the checkpoint and replayed by the sampler's
     `schedule` rule: at step j commit exactly Ŝ[j], the tokens still chosen by the model.
-The root-error table (`--errors`, docs/experiments.md E39) says where wrong answers go wrong: how far
+The root-error table (`--errors`) says where wrong answers go wrong: how far
 right of the filled-in frontier their first wrong commit stood, and how sure the model was.
 The replay table asks whether the schedule alone carries the gain, or the weights that
 learned it: T* with its own dynamic rule, T* replaying Ŝ, the SFT and no-RL models
@@ -189,7 +189,7 @@ def steps_per_block(fwd: torch.Tensor, block_size: int) -> float:
 
 
 def root_errors(out, problems, correct, block_size: int):
-    """Where wrong answers go wrong (docs/experiments.md E39): for each wrong answer, its root error is
+    """Where wrong answers go wrong (`--errors`): for each wrong answer, its root error is
     the earliest-committed token that differs from the reference answer at its position
     (the leftmost of that forward's wrong tokens); returns one (distance, confidence) per
     wrong answer, where distance is how many places the root error stood right of the

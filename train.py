@@ -44,7 +44,7 @@ from model import (GPT, CheckpointError, GPTConfig, add_model_args, config_from_
 AR_STEPS, SFT_STEPS = 2000, 1000
 
 
-def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+def warmup_cosine(step: int, total: int, lr: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10 % of lr. (train_loop caps the warm-up at a
     tenth of the run, so short runs such as the no-RL ladder's stages reach full lr.)"""
     if step < warmup:
@@ -194,7 +194,7 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
         tot = dist.all_reduce_sum(torch.stack([loss_sum.detach().float(), count.float()]))
         return tot[1], (tot[0] / tot[1]).item()
 
-    def evaluate():
+    def held_out_loss():
         model.eval()
         # The same noise every eval (any fixed seed; not the training stream, which it would
         # shift) so the held-out curve moves only with the weights; the first 512 test rows
@@ -209,7 +209,7 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
     t0 = time.time()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, min(warmup, steps // 10 + 1))
+            g["lr"] = warmup_cosine(step, steps, lr, min(warmup, steps // 10 + 1))
         idx = torch.randint(n, (batch_size,), generator=gen, device=dev)
         with autocast:
             loss_sum, count = loss_fn(model, [x[idx] for x in data], gen, part)
@@ -225,7 +225,7 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
             raise blew_up(f"{name} step {step + 1}", "the weights are no longer finite after the update",
                           lr_flag, lr)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            held_out = evaluate()
+            held_out = held_out_loss()
         if step % log_every == 0 or step + 1 == steps:
             shown = "-" if held_out is None else f"{held_out:.4f}"  # '-' (not nan) until the first eval
             print(f"{name} step {step + 1:5d}/{steps} | loss {loss_value:.4f} | held-out {shown} "
@@ -234,19 +234,19 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
     return held_out
 
 
-def run_ar(cfg: GPTConfig, task: dict, train_rows, test_rows, steps, lr, batch_size, device, seed=0,
+def run_ar(cfg: GPTConfig, task: dict, train_set, test_set, steps, lr, batch_size, device, seed=0,
            log_every=10):
     torch.manual_seed(seed)
     model = GPT(cfg).to(device)
     print(f"AR pre-training: {model.num_params() / 1e6:.2f}M parameters, {steps} steps, device {device}")
-    data = [x.to(device) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)]
-    test = [x.to(device) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)]
+    data = [x.to(device) for x in task_tensors(train_set, cfg.prompt_len, cfg.answer_len)]
+    test = [x.to(device) for x in task_tensors(test_set, cfg.prompt_len, cfg.answer_len)]
     loss = train_loop(model, lambda m, b, g, part: ar_loss(m, *b, part), steps, lr, batch_size, data, test,
                       seed, log_every=log_every, name="ar", lr_flag="--ar-lr")
     return model, dict(stage="ar", steps=steps, lr=lr, held_out_loss=loss, task=task, seed=seed)
 
 
-def run_sft(model, task: dict, train_rows, test_rows, block_size, steps, lr, batch_size, seed=0,
+def run_sft(model, task: dict, train_set, test_set, block_size, steps, lr, batch_size, seed=0,
             offsets=True, log_every=10, name=None, block_mix=None):
     """Block SFT at block_size; with block_mix [(B, p), ...] every batch is drawn at B with
     probability p instead (the base's tail of bigger blocks, ours: README, "What is ours").
@@ -255,8 +255,8 @@ def run_sft(model, task: dict, train_rows, test_rows, block_size, steps, lr, bat
     mix = block_mix or [(block_size, 1.0)]
     shown = ", ".join(f"B={B} {p:g}" for B, p in mix)
     print(f"block SFT ({shown}): {steps} steps, block offsets {'on' if offsets else 'off'}")
-    data = [x.to(dev) for x in task_tensors(train_rows, cfg.prompt_len, cfg.answer_len)[:2]]
-    test = [x.to(dev) for x in task_tensors(test_rows, cfg.prompt_len, cfg.answer_len)[:2]]
+    data = [x.to(dev) for x in task_tensors(train_set, cfg.prompt_len, cfg.answer_len)[:2]]
+    test = [x.to(dev) for x in task_tensors(test_set, cfg.prompt_len, cfg.answer_len)[:2]]
     # the held-out loss is measured at block_size (a mix draws its block per training batch)
     loss_fn = lambda m, b, g, part: sft_loss(m, *b, draw_block(mix, g) if m.training else block_size,
                                              g, offsets, part)
@@ -296,12 +296,12 @@ def main():
     dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
     task = task_from_args(a)
     try:
-        train_rows, test_rows = load_task(task)
+        train_set, test_set = load_task(task)
         if a.stage in ("ar", "both"):
             cfg = config_from_args(a)
-            check_fit(train_rows + test_rows, cfg.prompt_len, cfg.answer_len)
+            check_fit(train_set + test_set, cfg.prompt_len, cfg.answer_len)
             t0 = time.time()
-            model, meta = run_ar(cfg, task, train_rows, test_rows, a.ar_steps, a.ar_lr, a.batch_size,
+            model, meta = run_ar(cfg, task, train_set, test_set, a.ar_steps, a.ar_lr, a.batch_size,
                                  dev, a.seed, a.log_every)
             save(os.path.join(a.out, "ar.pt"), model, meta, t0)
         if a.stage in ("sft", "both"):
@@ -309,10 +309,10 @@ def main():
             # the window belongs to the SFT block, not to the AR file (made for --block-size 4 by
             # default): an SFT at B=8 from it needs window 7, or its base would hide its own masks
             model.cfg.mask_window = a.mask_window
-            check_fit(train_rows + test_rows, model.cfg.prompt_len, model.cfg.answer_len,
+            check_fit(train_set + test_set, model.cfg.prompt_len, model.cfg.answer_len,
                       fixed=a.stage == "sft")
             t0 = time.time()
-            model, meta = run_sft(model, task, train_rows, test_rows, a.block_size, a.sft_steps,
+            model, meta = run_sft(model, task, train_set, test_set, a.block_size, a.sft_steps,
                                   a.sft_lr, a.batch_size, a.seed, not a.no_block_offsets, a.log_every,
                                   block_mix=mix)
             save(os.path.join(a.out, f"sft{a.block_size}.pt"), model, meta, t0)

@@ -1,6 +1,6 @@
 """The diffusion value model: TraceRL's optional critic (docs/design.md §7, `tracerl.py --value-model`).
 
-    python tracerl.py --ckpt runs/default/sft4.pt --block-size 8 --steps 40 --value-model --out runs/x/rl8v.pt
+    python tracerl.py --ckpt runs/tstar/sft4.pt --block-size 8 --steps 40 --value-model --out runs/x/rl8v.pt
     python -m pytest -q tests/test_value.py
 
 A copy of the policy's backbone with a linear head that gives one value per position.

@@ -1,7 +1,7 @@
 """Decoding speed, and training-side throughput, measured side by side in one run.
 
-    python bench/bench_decode.py --ckpt runs/base1/sft4.pt --device cpu
-    python bench/bench_decode.py --ckpt runs/default/tstar16.pt --device cuda
+    python bench/bench_decode.py --ckpt runs/tstar/sft4.pt --device cpu
+    python bench/bench_decode.py --ckpt runs/tstar/tstar16.pt --device cuda
     python bench/bench_decode.py --device cpu            # no --ckpt: random weights (says so)
     python bench/bench_decode.py --device cpu --tiny --block-sizes 4 --batches 2 --no-compile \\
         --reps 1 --train-batch 4 --rl-prompts 2 --rl-k 2     # smoke run (tests/test_bench.py)

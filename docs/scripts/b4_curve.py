@@ -46,8 +46,8 @@ ap.add_argument("--token-mean", action="store_true",
 add_rl_args(ap)
 a = ap.parse_args()
 model, meta = load_checkpoint(a.ckpt)
-train_rows, test_rows = load_task(meta["task"])
-test_rows = test_rows[:a.n]
+train_set, test_set = load_task(meta["task"])
+test_set = test_set[:a.n]
 cfg = RLConfig.from_args(a, block_size=a.block_size, steps=a.steps)
 if a.shuffle_rewards:
     shuffle_rewards(a.seed + 7)
@@ -63,5 +63,5 @@ if a.token_mean:  # DAPO / Dr. GRPO's token-level mean: long and short responses
     tracerl.build_rows = token_rows
 
 
-_, on_step = curve_recorder(model, test_rows, a.block_size, a.every, a.eval_seed)  # prints step 0 now
-run_tracerl(model, train_rows, cfg, name=f"rl{a.block_size}", seed=a.seed, on_step=on_step)
+_, on_step = curve_recorder(model, test_set, a.block_size, a.every, a.eval_seed)  # prints step 0 now
+run_tracerl(model, train_set, cfg, name=f"rl{a.block_size}", seed=a.seed, on_step=on_step)

@@ -30,7 +30,7 @@ ap.add_argument("--shuffle-rewards", action="store_true", help="rewards permuted
 add_rl_args(ap)
 a = ap.parse_args()
 model, meta = load_checkpoint(a.ckpt)
-train_rows, _ = load_task(meta["task"])
+train_set, _ = load_task(meta["task"])
 cfg = RLConfig.from_args(a, block_size=a.block_size, steps=1)
 if a.shuffle_rewards:
     shuffle_rewards(a.seed + 7)
@@ -38,7 +38,7 @@ if a.shuffle_rewards:
 opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the update's gradients are read, the weights stay
 grads = []
 for b in range(a.batches):
-    log = rl_step(model, opt, train_rows, cfg, torch.Generator().manual_seed(a.seed + 1000 * b))
+    log = rl_step(model, opt, train_set, cfg, torch.Generator().manual_seed(a.seed + 1000 * b))
     grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone())
     print(f"batch {b} | reward {log['reward']:.3f} | kept {log['kept']:2d} | |g| {grads[-1].norm():.4f}", flush=True)
 G = torch.stack(grads)

@@ -45,7 +45,7 @@ from dataclasses import asdict
 
 import dist
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
-from eval_math import SWEEP_THRESHOLDS, EvalPlan, curve_recorder, evaluate_all, parse_list
+from eval_math import SWEEP_THRESHOLDS, EvalPlan, curve_recorder, eval_jobs, evaluate_all, parse_list
 from schedule import schedule_stats
 from model import (CheckpointError, GPTConfig, add_model_args, config_from_args, file_sha256, load_checkpoint,
                    pick_device, save_checkpoint, write_json)
@@ -185,7 +185,37 @@ class Run:
         return self.wall
 
 
-def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0, curve=None, **recipe):
+class Progress:
+    """Where the run is: each phase announces itself as "[k/N] name", and every RL step line
+    ends with an estimate of the run's time left: the RL steps still to come at the seconds
+    per prompt the steps so far took, plus the evaluation's decodes at the seconds the curve's
+    decodes took (2 s each until one is timed). An estimate, no more."""
+
+    def __init__(self, phases, rl_budget, n_decodes):
+        self.phases, self.k = phases, 0
+        self.rl_left = dict(rl_budget)  # RL phase -> prompt-steps still to run (steps x prompts)
+        self.rl_secs = self.rl_prompts = 0.0
+        self.n_decodes, self.decode_secs = n_decodes, 2.0
+
+    def start(self, name, done=False):
+        self.k += 1
+        print(f"[{self.k}/{len(self.phases)}] {name}" + (": done earlier, kept" if done else ""), flush=True)
+        if done:
+            self.rl_left.pop(name, None)
+
+    def eta(self, name, steps):
+        """run_tracerl's eta hook for RL phase `name` of `steps` steps."""
+        def text(i, hist):
+            self.rl_secs += hist[-1]["secs"]
+            self.rl_prompts += hist[-1]["prompts"]
+            self.rl_left[name] = (steps - i) * hist[-1]["prompts"]
+            left = sum(self.rl_left.values()) * self.rl_secs / self.rl_prompts + self.n_decodes * self.decode_secs
+            return f" | run ~{left / 60:.0f} min left"
+        return text
+
+
+def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0, curve=None, progress=None,
+             **recipe):
     """TraceRL at block_size from checkpoint `parent`, saved as `name` (skipped if present
     and still `parent`'s child): at most `steps` RL steps, or until its trace rows reach
     max_rows (0 = no row budget), drawing its rollouts from `seed`. With --ref-kl-beta the
@@ -193,17 +223,31 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
     curve = (every, test_set, eval_seed): the stage's accuracy curve at its block size, at step 0
     and every `every` steps, printed and kept in the checkpoint's meta (--curve-every)."""
     if run.have(name, parent):
+        if progress:
+            progress.start(name, done=True)
         return run.load(name)[1]
+    if progress:
+        progress.start(name)
     model, meta = run.load(parent)
     cfg = RLConfig.from_args(a, block_size=block_size, steps=steps, max_rows=max_rows, **recipe)
-    points, on_step = [], None
+    points, on_step, curve_secs = [], None, [0.0]
     if curve is not None and dist.is_main():  # under torchrun rank 0 alone decodes it; the others wait
-        every, rows, eval_seed = curve
-        points, on_step = curve_recorder(model, rows, block_size, every, eval_seed)
+        every, problems_test, eval_seed = curve
+        t = time.time()
+        points, record = curve_recorder(model, problems_test, block_size, every, eval_seed)
+        curve_secs[0] = time.time() - t
+        if progress:  # a point is 1 + 3 decodes of the test split: the evaluation's rate
+            progress.decode_secs = curve_secs[0] / 4
+
+        def on_step(i, m):
+            t = time.time()
+            record(i, m)
+            curve_secs[0] += time.time() - t
     t0 = time.time()
-    hist = run_tracerl(model, problems, cfg, name=name, seed=seed, on_step=on_step)
+    hist = run_tracerl(model, problems, cfg, name=name, seed=seed, on_step=on_step,
+                       eta=progress.eta(name, steps) if progress else None)
     meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
-                rl_history=hist, rl_seconds=time.time() - t0, curve=points)
+                rl_history=hist, rl_seconds=time.time() - t0, curve=points, curve_seconds=curve_secs[0])
     run.save(name, model, meta, parent)
     return meta
 
@@ -329,18 +373,31 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
     train_set, test_set = load_task(task)  # before Run: bad data leaves no run directory
     check_fit(train_set + test_set, cfg.prompt_len, cfg.answer_len)
     run = Run(out, settings, dev, defaults, started=t_start)
-    B0 = stages[0]
+    B0, B_last = stages[0], stages[-1]
+    sft0 = f"sft{B0}"
+    # the phases, and the RL work each stands for (prompt-steps; direct's = T*'s)
+    rl_budget = {f"tstar{B}": (a.first_stage_steps * a.first_stage_prompts if i == 0 else a.stage_steps * a.n_prompts)
+                 for i, B in enumerate(stages)}
+    if len(stages) > 1:
+        rl_budget[f"direct{B_last}"] = (a.first_stage_steps + (len(stages) - 1) * a.stage_steps) * a.n_prompts
+    n_ckpt = 1 + len(stages) + (len(stages) if len(stages) > 1 else 0)
+    n_decodes = n_ckpt * len(stages) * sum(plan.samples if r == "sampled" else 1 for r, _ in eval_jobs(plan))
+    progress = Progress(["ar", sft0] + list(rl_budget) + [f"norl{B}" for B in stages[1:]] + ["evaluation"],
+                        rl_budget, n_decodes)
     # --- supervised stages: the AR-initialised small-block MDM
+    progress.start("ar", done=run.have("ar"))
     if not run.have("ar"):
+        t = time.time()
         model, meta = run_ar(cfg, task, train_set, test_set, a.ar_steps, a.ar_lr, a.batch_size,
                              dev, seed, log_every=100)
-        run.save("ar", model, meta)
-    sft0 = f"sft{B0}"
+        run.save("ar", model, dict(meta, seconds=time.time() - t))
+    progress.start(sft0, done=run.have(sft0, "ar"))
     if not run.have(sft0, "ar"):
         model, _ = run.load("ar")
+        t = time.time()
         model, meta = run_sft(model, task, train_set, test_set, B0, a.sft_steps, a.sft_lr,
                               a.batch_size, seed, not a.no_block_offsets, log_every=100, block_mix=mix)
-        run.save(sft0, model, dict(meta, method="sft"), "ar")
+        run.save(sft0, model, dict(meta, method="sft", seconds=time.time() - t), "ar")
     # --- T*: TraceRL at each block size from the previous stage
     parent, steps_used, rows_used = sft0, {}, {}
     for i, B in enumerate(stages):
@@ -351,12 +408,12 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
         recipe = dict(n_prompts=a.first_stage_prompts, lr=a.first_stage_lr,
                       lr_schedule=a.first_stage_lr_schedule) if i == 0 else {}
         curve = (a.curve_every, test_set, seed) if i == 0 and a.curve_every > 0 else None
-        meta = rl_stage(run, f"tstar{B}", parent, B, cap, train_set, a, seed + 1 + 100 * i, curve=curve, **recipe)
+        meta = rl_stage(run, f"tstar{B}", parent, B, cap, train_set, a, seed + 1 + 100 * i, curve=curve,
+                        progress=progress, **recipe)
         steps_used[B] = len(meta["rl_history"])
         rows_used[B] = sum(h["rows"] for h in meta["rl_history"])
         parent = f"tstar{B}"
     # --- direct: the last block size straight from the SFT model, T*'s total RL steps
-    B_last = stages[-1]
     if len(stages) > 1:
         # its own rollout stream (seed + 1001, past any stage's): direct does not replay the
         # prompt draws of T*'s first stage, which start from the same weights
@@ -366,23 +423,27 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
         n_steps, max_rows = sum(steps_used.values()), 0
         if a.direct_budget == "rows":
             n_steps, max_rows = 3 * n_steps, sum(rows_used.values())
-        rl_stage(run, f"direct{B_last}", sft0, B_last, n_steps, train_set, a, seed + 1001, max_rows)
+        rl_stage(run, f"direct{B_last}", sft0, B_last, n_steps, train_set, a, seed + 1001, max_rows,
+                 progress=progress)
     # --- no-RL: the same ladder with supervised updates instead of RL
     parent = sft0
     for B in stages[1:]:
         name = f"norl{B}"
+        progress.start(name, done=run.have(name, parent))
         if not run.have(name, parent):
             model, meta = run.load(parent)
+            t = time.time()
             model, meta = run_sft(model, task, train_set, test_set, B, steps_used[B], a.sft_lr,
                                   a.batch_size, seed, not a.no_block_offsets, log_every=100,
                                   name=name)
-            run.save(name, model, dict(meta, method="norl", parent=parent), parent)
+            run.save(name, model, dict(meta, method="norl", parent=parent, seconds=time.time() - t), parent)
         parent = name
     # --- evaluation
     names = [sft0] + [f"tstar{B}" for B in stages] + \
             ([f"direct{B_last}"] + [f"norl{B}" for B in stages[1:]] if len(stages) > 1 else [])
     # Ŝ statistics are handed in (schedule.py imports eval_math); every B decodes at
     # --commit-distance, as the rollouts did
+    progress.start("evaluation")
     results = evaluate_all(run, names, stages, test_set, plan, seed,
                            distance=a.commit_distance, row_stats=schedule_stats)
     if dist.is_main():

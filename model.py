@@ -61,25 +61,30 @@ class GPTConfig:
 
 # ----------------------------------------------------------------------------- masks
 
-def attention_mask(q_bid, q_noisy_copy, q_pos, k_bid, k_noisy_copy, k_pos):
-    """Boolean [Tq, Tk] mask, True where query may attend key.
+def attention_mask(q_bid, q_noisy_copy, q_pos, k_bid, k_noisy_copy, k_pos, q_copy=None, k_copy=None):
+    """Boolean [..., Tq, Tk] mask, True where query may attend key (leading batch dims allowed).
 
     bid is the diffusion block index of a position (-1 for the prompt); noisy_copy marks
     the positions of a noisy block (the training layout's noisy copy, or the block the
     sampler is denoising). Rules: the prompt is causal; a clean token sees the prompt and
     clean blocks <= its own; a noisy-copy token sees the prompt, clean blocks < its own
-    and the noisy-copy tokens of its own block. Everything else is hidden."""
-    qb, kb = q_bid[:, None], k_bid[None, :]
-    qc, kc = q_noisy_copy[:, None], k_noisy_copy[None, :]
-    prompt = (qb < 0) & (kb < 0) & (k_pos[None, :] <= q_pos[:, None])
+    and the noisy-copy tokens of its own block. Everything else is hidden. q_copy/k_copy
+    (optional): which copy of its block a noisy token belongs to, when one sequence holds
+    several noisy copies of a block (TraceRL's packed trace rows); a noisy token then sees
+    only its own copy."""
+    qb, kb = q_bid[..., :, None], k_bid[..., None, :]
+    qc, kc = q_noisy_copy[..., :, None], k_noisy_copy[..., None, :]
+    prompt = (qb < 0) & (kb < 0) & (k_pos[..., None, :] <= q_pos[..., :, None])
     clean = ~qc & ~kc & (qb >= 0) & (kb <= qb)
-    copy = qc & ((~kc & (kb < qb)) | (kc & (kb == qb)))
+    own = kb == qb if q_copy is None else (kb == qb) & (k_copy[..., None, :] == q_copy[..., :, None])
+    copy = qc & ((~kc & (kb < qb)) | (kc & own))
     return prompt | clean | copy
 
 
 def hide_far_masks(mask, q_pos, k_pos, k_tokens, window: int):
-    """The mask window: mask [Tq, Tk] (shared by the batch) -> [N, 1, Tq, Tk], with key j
-    hidden from query i wherever token j is <|mask|> and |pos_i - pos_j| > window.
+    """The mask window: mask [Tq, Tk] (shared by the batch) or [N, Tq, Tk], positions [T] or
+    [N, T] -> [N, 1, Tq, Tk], with key j hidden from query i wherever token j is <|mask|>
+    and |pos_i - pos_j| > window.
 
     Only the noisy block ever holds <|mask|> tokens, and only queries of that same block
     can see it (attention_mask), so this one rule, keyed on the tokens alone, reads the
@@ -87,9 +92,9 @@ def hide_far_masks(mask, q_pos, k_pos, k_tokens, window: int):
     follows its own masked set, which is what keeps pi_old equal to the recomputation.
     A query always keeps itself (distance 0) and the prompt, so no row is all False."""
     if window < 0:
-        return mask
-    far = (q_pos[:, None] - k_pos[None, :]).abs() > window               # [Tq, Tk]
-    return (mask & ~(far[None] & (k_tokens == MASK_ID)[:, None, :]))[:, None]
+        return mask if mask.dim() == 2 else mask[:, None]  # a per-row mask gets SDPA's head dim
+    far = (q_pos[..., :, None] - k_pos[..., None, :]).abs() > window     # [Tq, Tk] or [N, Tq, Tk]
+    return (mask & ~(far & (k_tokens == MASK_ID)[:, None, :]))[:, None]
 
 
 def answer_block_ids(answer_len: int, block_size: int, shift: int = 0, device=None):
@@ -184,12 +189,14 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x, mask, past_k=None, past_v=None):
+        """mask: bool [..., T, S + T], or None for causal attention without a cache (AR
+        training), where SDPA's fused causal kernel needs no mask at all."""
         N, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(N, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         kk = k if past_k is None else torch.cat([past_k.to(k.dtype), k], dim=2)
         vv = v if past_v is None else torch.cat([past_v.to(v.dtype), v], dim=2)
-        y = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask,
+        y = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, is_causal=mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(N, T, C)), k, v
 
@@ -248,18 +255,21 @@ class GPT(nn.Module):
         model all run, so that a token's log-prob is the same number wherever it is
         computed (TraceRL's pi_old equals its recomputation only while they agree).
 
-        idx [N, T] at positions pos [T]. past_k, past_v: None, or the keys/values
+        idx [N, T] at positions pos [T] (or [N, T] without a cache: each row its own positions,
+        as TraceRL's packed rows have). past_k, past_v: None, or the keys/values
         [n_layer, N, H, S, hd] of S earlier positions 0..S-1 (a KV cache), all of clean
-        tokens; the queries attend to those and to idx. mask [T, S + T] bool: which keys
-        each query sees, past first; the mask window is applied on top. mask None means
-        causal (AR), with no window: AR inputs hold no <|mask|> for it to hide, so no
-        per-row mask is built.
+        tokens; the queries attend to those and to idx. mask [T, S + T] (or [N, T, S + T])
+        bool: which keys each query sees, past first; the mask window is applied on top.
+        mask None means causal (AR), with no window: AR inputs hold no <|mask|> for it to
+        hide, so no per-row mask is built, and without a cache SDPA runs its fused causal
+        kernel (is_causal).
         Returns the residual stream [N, T, C] (before the final norm) and the per-layer
         keys and values of idx, lists of [N, H, T, hd], for a caller that caches them."""
         N, S = idx.shape[0], 0 if past_k is None else past_k.shape[3]
-        k_pos = torch.cat([torch.arange(S, device=idx.device), pos])  # cache slot s holds position s
+        k_pos = pos if S == 0 else torch.cat([torch.arange(S, device=idx.device), pos])  # slot s holds position s
         if mask is None:
-            mask = k_pos[None, :] <= pos[:, None]
+            if S > 0:  # causal against the cache; without one, SDPA's is_causal (mask stays None)
+                mask = k_pos[None, :] <= pos[:, None]
         else:  # the cached keys are clean, never <|mask|>: the window only looks at idx
             k_tok = torch.cat([torch.zeros(N, S, dtype=idx.dtype, device=idx.device), idx], 1)
             mask = hide_far_masks(mask, pos, k_pos, k_tok, self.cfg.mask_window)

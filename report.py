@@ -39,10 +39,55 @@ def sparkline(values, width: int = 60):
     return "".join(SPARK[min(int(v * len(SPARK)), len(SPARK) - 1)] for v in values)
 
 
-def read_results(path):
-    """One results.json as {(checkpoint, decode B, rule, θ): row}."""
+def load_records(path):
+    """The evaluation records of one results.json: {"records": [...], "phases": [...]}, or the
+    plain list of records that run folders written before the phase table hold."""
     with open(path) as f:
-        return {(r["method"], r["decode_block"], r["rule"], r.get("threshold")): r for r in json.load(f)}
+        data = json.load(f)
+    return data["records"] if isinstance(data, dict) else data
+
+
+def read_results(path):
+    """One results.json as {(checkpoint, decode B, rule, θ): record}."""
+    return {(r["method"], r["decode_block"], r["rule"], r.get("threshold")): r for r in load_records(path)}
+
+
+def phase_table(metas, names, results, plan):
+    """Where a run's time went: [(phase, seconds)] from the checkpoints' metas (the time each
+    took when it was trained, in this invocation or an earlier one) and the evaluation
+    records' own seconds. An RL stage splits into rollout (sampling and grading), rows (the
+    trace rows and what the options need) and update (forward, backward, optimiser step), plus
+    its --curve-every decodes. Phases a checkpoint made before this table existed lack: '-'."""
+    out = []
+    for n in names:
+        m = metas[n]
+        if n.startswith(("tstar", "direct")):
+            h = m.get("rl_history", [])
+            for part in ("rollout", "rows", "update"):
+                out.append((f"{n} {part}", sum(x[f"secs_{part}"] for x in h) if h and f"secs_{part}" in h[0] else None))
+            if m.get("curve"):
+                out.append((f"{n} curve", m.get("curve_seconds")))
+        else:
+            label = n + (" (pre-training)" if n == "ar" else " (SFT)")
+            out.append((label, m.get("seconds")))
+    main = {("dynamic", plan.threshold), ("static", None)}
+    kinds = {"evaluation: greedy table": lambda r: (r["rule"], r["threshold"]) in main,
+             f"evaluation: mean@{plan.samples}": lambda r: r["rule"] == "sampled",
+             "evaluation: frontier sweep": lambda r: r["rule"] != "sampled" and (r["rule"], r["threshold"]) not in main}
+    for kind, pick in kinds.items():
+        picked = [r["seconds"] for r in results if pick(r)]
+        if picked:
+            out.append((kind, sum(picked)))
+    return out
+
+
+def phase_lines(phases):
+    """The phase table as Markdown lines, with each phase's share of the known total."""
+    total = sum(s for _, s in phases if s is not None)
+    lines = ["| phase | seconds | share |", "|---|---|---|"]
+    lines += [f"| {p} | {s:.1f} | {100 * s / total:.0f} % |" if s is not None else f"| {p} | - | - |"
+              for p, s in phases]
+    return lines + [f"| all of the above | {total:.1f} | 100 % |"]
 
 
 def aggregate(out, seeds, stages, threshold=0.9):
@@ -160,6 +205,7 @@ def report(run, names, stages, results, wall, plan, seed):
             h = [x["reward"] for x in meta["rl_history"]]
             per = f", {len(h) / 60:.1f} steps a character" if len(h) > 60 else ""
             lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps{per})")
+    metas.update({n: run.load(n)[1] for n in ["ar"] + names if n not in metas})
     curve = metas[f"tstar{stages[0]}"].get("curve")  # loaded for the sparklines above
     if curve:  # --curve-every: the first stage's accuracy at its own block, as it trained
         lines += ["", f"tstar{stages[0]} while it trained, at B={stages[0]} (--curve-every; step: greedy / "
@@ -174,11 +220,15 @@ def report(run, names, stages, results, wall, plan, seed):
                           f"{ts['tpf']:.2f}, vs the B={B0} model at B={B0}: {100 * base['accuracy']:.1f}% at TPF "
                           f"{base['tpf']:.2f} (TPF x{ts['tpf'] / base['tpf']:.2f}); direct "
                           f"{100 * di['accuracy']:.1f}%, no-RL {100 * no['accuracy']:.1f}% at B={Bl}."]
+    phases = phase_table(metas, ["ar"] + names, results, plan)
+    lines += ["", f"Where the time went (seconds when each part ran; wall time {wall['seconds'] / 60:.1f} min{runs}):",
+              ""] + phase_lines(phases)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(run.out, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(run.out, "results.json"), "w") as f:
-        json.dump([{k: v for k, v in r.items() if k != "stamp"} for r in results], f, indent=1)
+        json.dump(dict(records=[{k: v for k, v in r.items() if k != "stamp"} for r in results],
+                       phases=[dict(phase=p, seconds=sec) for p, sec in phases]), f, indent=1)
     print("\n" + text)
 
 

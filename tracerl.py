@@ -44,15 +44,18 @@ import time
 from dataclasses import dataclass, fields
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 import dist
 from data.task import DataError, add_task_args, check_fit, encode_prompts, is_correct, load_task, read_jsonl, \
     task_from_args
 from data.tokenizer import decode
-from model import CheckpointError, file_sha256, load_checkpoint, pick_device, save_checkpoint, training_input
+from data.tokenizer import MASK_ID, PAD_ID
+from model import CheckpointError, attention_mask, file_sha256, load_checkpoint, pick_device, save_checkpoint, \
+    training_input
 from sample import commit_order, generate, policy_logprobs, show_decoding
 from train import blew_up, finite
-from value import Critic, row_values, token_advantages, value_loss
+from value import Critic, token_advantages, value_loss
 
 
 # ----------------------------------------------------------------------------- settings
@@ -107,6 +110,7 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
         ro = rollout(model, problems, gen, n_prompts=cfg.n_prompts, k=cfg.k, block_size=cfg.block_size,
                      threshold=cfg.threshold, temperature=cfg.temperature, distance=cfg.commit_distance,
                      sample_gen=own)
+    t_rollout = time.time()
 
     # 3. advantages: the z-score of the reward inside each prompt's group of K
     adv, kept = group_advantages(ro["reward"], cfg.acc_band)
@@ -117,33 +121,40 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
                             nfe=float(ro["nfe"].sum())))
     n_resp = int(g["resp"])  # over all ranks: the loss is the mean over every rank's responses
 
-    # 4. trace rows: each round of each response, in the state the sampler decoded it from
+    # 4. trace rows: each round of each response, in the state the sampler decoded it from,
+    #    packed into a few sequences per response
     rows = build_rows(ro, resp, adv if critic is None else ro["reward"].view(-1), n_resp, cfg.block_size,
                       cfg.shrink, dev)  # [option] with a critic the rows carry the return R first
-    n_rows = len(rows) if rows is not None else 0
+    n_rows = rows.n_rows if rows is not None else 0
     log = dict(reward=g["right"] / g["answers"], kept=int(g["kept"]), n_resp=n_resp,
                rows=int(dist.all_reduce_sum(n_rows)), tpf=g["n_gen"] / g["nfe"], loss=0.0, clip=0.0, kl=0.0,
                ref_kl=0.0)
     if critic is not None:
         log["vloss"] = 0.0
     if log["rows"] == 0:  # no rank has a row: no update anywhere
-        log.update(secs=time.time() - t0, prompts=cfg.n_prompts)
+        log.update(secs=time.time() - t0, prompts=cfg.n_prompts, secs_rollout=t_rollout - t0,
+                   secs_rows=time.time() - t_rollout, secs_update=0.0)
         return log
     v_old = ret = None
     if n_rows and (cfg.shrink > 1 or critic is not None or ref is not None):  # [option]
         v_old, ret = option_inputs(model, rows, cfg, critic, ref)
+    t_rows = time.time()
 
     # 5. update: PPO-clip + k3 KL per target token, micro-batches accumulating into one step
     model.train()
-    perm = torch.randperm(n_rows, generator=own, device=dev).cpu()
+    # Shuffle the packs: a permutation of the trace rows restricted to the packs' indices is a
+    # uniform one of the packs (a response has no more packs than rows at the default sizes),
+    # and draws from `own` what one per row would: the next rollouts do not depend on packing.
+    n_packs = len(rows) if rows is not None else 0
+    perm = torch.randperm(max(n_rows, n_packs), generator=own, device=dev).cpu()
+    perm = perm[perm < n_packs]
     chunks = torch.tensor_split(perm, cfg.updates)  # at the default --updates 1: one chunk, all rows
     tot = dict(loss=0.0, clipped=0.0, k3=0.0, tokens=0.0, ref_k3=0.0)
     for chunk in chunks:  # every rank takes cfg.updates steps (some chunks may be empty on some ranks)
         opt.zero_grad(set_to_none=True)
-        for j in range(0, len(chunk), cfg.micro_batch):
-            mb = chunk[j:j + cfg.micro_batch]
-            tok = rows.tokens(mb).to(dev)  # the flat indices of these rows' target tokens
-            new = row_logprobs(model, *rows.layout(mb.to(dev)), cfg.block_size, cfg.temperature)
+        for mb in micro_batches(rows, chunk, cfg.micro_batch):
+            tok = rows.tokens(mb).to(dev)  # the flat indices of these packs' target tokens
+            new = packed_logprobs(model, rows, mb, dev, cfg.temperature)
             # All rows' weights sum to 1 (a mean over responses) and a chunk holds ~1/updates of the
             # rows: scaling by `updates` gives every optimiser step the gradient scale of --updates 1.
             w = rows.weight[tok] * cfg.updates
@@ -173,7 +184,8 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
     tot = sum_over_ranks(tot)
     n_tok = max(tot["tokens"], 1.0)  # clip and the KLs are per target token, over every rank's tokens
     log.update(loss=tot["loss"], clip=tot["clipped"] / n_tok, kl=tot["k3"] / n_tok, ref_kl=tot["ref_k3"] / n_tok)
-    log.update(secs=time.time() - t0, prompts=cfg.n_prompts)
+    log.update(secs=time.time() - t0, prompts=cfg.n_prompts, secs_rollout=t_rollout - t0, secs_rows=t_rows - t_rollout,
+               secs_update=time.time() - t_rows)
     return log
 
 
@@ -287,60 +299,140 @@ def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int, tem
     return lp[target]
 
 
+def pack_response(prompt, clean, fwd, block_size: int, shrink: int = 1, max_len: int = 128):
+    """All trace rows of one response packed into few training sequences (ours; docs/design.md
+    §7): [prompt | clean blocks | noisy copies of blocks], one noisy copy of block b for every
+    round r with targets in b.
+
+    The rows of a response share their prompt and clean copy, and a noisy block sees only
+    the prompt, the clean blocks before it and itself (model.attention_mask), so the noisy
+    copies of every round can sit side by side, each seeing only itself (its `copy` id).
+    Copies of a block at rounds without a target in it, clean blocks after the last one a
+    copy needs and never-decoded blocks feed no target and are left out. Every target token
+    keeps exactly the context it has in its trace row (`trace_rows`, the definition), so its
+    log-prob is the same number from far fewer tokens (tests check it against row_logprobs).
+    Attention costs the square of a sequence's length, so the copies are spread over as many
+    sequences as keep each within about `max_len` tokens (at least one copy each).
+
+    Returns a list of dicts of [T] tensors: tokens, label (the clean token each position
+    predicts), pos, block (-1: prompt), noisy, copy (a noisy copy's round), target; answer_pos
+    [n_targets] (where each target sits in the answer); rounds (the response's number of
+    trace rows, on its first sequence; 0 on the others)."""
+    P, A, B = prompt.shape[0], clean.shape[0], block_size
+    rounds = round_index(fwd, B, shrink)          # [A]; never decoded: a large number
+    decoded = fwd >= 0
+    if not decoded.any():
+        return []
+    n_blocks = int(decoded.nonzero().max()) // B + 1
+    end = min(n_blocks * B, A)
+    # how many rounds each block took: its largest round + 1 (0 for a block never decoded)
+    n_r = torch.zeros(n_blocks, dtype=torch.long).scatter_reduce(
+        0, torch.arange(end) // B, torch.where(decoded[:end], rounds[:end] + 1, 0), "amax")
+    # the noisy copies, (block b, round r) for every r < n_r[b], in that order
+    c_block = torch.repeat_interleave(torch.arange(n_blocks), n_r)
+    c_round = torch.arange(len(c_block)) - torch.repeat_interleave(n_r.cumsum(0) - n_r, n_r)
+    per_seq = max(1, (max_len - P - end) // B)
+    packs = []
+    for j in range(0, len(c_block), per_seq):
+        cb, cr = c_block[j:j + per_seq], c_round[j:j + per_seq]
+        at = cb[:, None] * B + torch.arange(B)[None, :]    # [copies, B] answer positions
+        real = at < A                                      # a last block cut short by the answer's end
+        at, cb, cr = at[real], cb[:, None].expand(real.shape)[real], cr[:, None].expand(real.shape)[real]
+        need = min(int(cb.max()) * B, A)                   # the clean blocks before the last copy's block
+        n = len(at)
+        pack = dict(
+            tokens=torch.cat([prompt, clean[:need], clean[at].masked_fill(rounds[at] >= cr, MASK_ID)]),  # as round r saw it
+            label=torch.cat([prompt, clean[:need], clean[at]]),
+            pos=torch.cat([torch.arange(P), P + torch.arange(need), P + at]),
+            block=torch.cat([torch.full((P,), -1), torch.arange(need) // B, cb]),
+            noisy=torch.cat([torch.zeros(P + need, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]),
+            copy=torch.cat([torch.zeros(P + need, dtype=torch.long), cr]),
+            target=torch.cat([torch.zeros(P + need, dtype=torch.bool), rounds[at] == cr]))
+        pack["answer_pos"] = pack["pos"][pack["target"]] - P
+        pack["rounds"] = int(n_r.max()) if j == 0 else 0
+        packs.append(pack)
+    return packs
+
+
 @dataclass
 class TraceRows:
-    """This rank's trace rows of one RL step, stacked. Row i is one round of one response:
-    its prompt, the final response (clean), which positions its noisy copy masks, and
-    which of those are its targets. The per-token tensors are flat over every row's
-    targets in row-major order (as row_logprobs returns them); row i's tokens are
-    old[offsets[i]:offsets[i + 1]]."""
-    prompt: torch.Tensor   # [R, P]
-    clean: torch.Tensor    # [R, A] the sampled response
-    noisy: torch.Tensor    # [R, A] bool: masked in this row's noisy copy
-    target: torch.Tensor   # [R, A] bool: the tokens this row trains
-    old: torch.Tensor      # [T] pi_old log-prob of every target token
+    """This rank's trace rows of one RL step, packed into a few sequences per response
+    (pack_response). The per-token tensors are flat over every target token in packed
+    order (as packed_logprobs returns them); pack i's tokens are old[offsets[i]:offsets[i + 1]]."""
+    packs: list            # pack_response's dicts, every response's
+    response: list         # which response (index into the rollouts) each pack is
+    old: torch.Tensor      # [T] pi_old log-prob of every target token (the sampler's)
     adv: torch.Tensor      # [T] its advantage (with a critic: built as the return R, then R − V_old)
     weight: torch.Tensor   # [T] 1 / (L_resp * n_resp): a response's weights sum to 1 / n_resp
-    offsets: torch.Tensor  # [R + 1] (CPU)
-    response: torch.Tensor = None  # [R] which response (index into the rollouts) row i belongs to
+    offsets: torch.Tensor  # [n + 1] (CPU)
     ref: torch.Tensor = None  # [option] [T] the frozen reference's log-prob (--ref-kl-beta)
 
     def __len__(self):
-        return self.prompt.shape[0]
+        return len(self.packs)
 
-    def layout(self, idx):
-        """(prompt, clean, noisy, target) of rows idx: row_logprobs' and row_values' inputs."""
-        return self.prompt[idx], self.clean[idx], self.noisy[idx], self.target[idx]
+    @property
+    def n_rows(self) -> int:
+        """How many trace rows the packs hold (what the log and --max-rows count)."""
+        return sum(p["rounds"] for p in self.packs)
 
     def tokens(self, idx):
-        """Indices into the flat per-token tensors of rows idx, in row-major order."""
-        return torch.cat([torch.arange(self.offsets[r], self.offsets[r + 1]) for r in idx.tolist()])
+        """Indices into the flat per-token tensors of packs idx, in order."""
+        return torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in idx.tolist()])
+
+    def batch(self, idx, dev):
+        """(tokens, pos, mask, label, target) of packs idx, padded to the longest of them: the
+        model's input. A pad position is seen by no one and sees only itself."""
+        packs = [self.packs[i] for i in idx.tolist()]
+        n = torch.tensor([len(p["tokens"]) for p in packs])
+        T = int(n.max())
+        pad = lambda k, v: pad_sequence([p[k] for p in packs], batch_first=True, padding_value=v).to(dev)
+        block, noisy, copy_id, pos = pad("block", -1), pad("noisy", False), pad("copy", 0), pad("pos", 0)
+        valid = (torch.arange(T)[None, :] < n[:, None]).to(dev)
+        mask = attention_mask(block, noisy, pos, block, noisy, pos, copy_id, copy_id) & valid[:, None, :]
+        mask |= torch.eye(T, dtype=torch.bool, device=dev)
+        return pad("tokens", PAD_ID), pos, mask, pad("label", 0), pad("target", False)
 
 
-def build_rows(ro, resp, per_response, n_resp: int, block_size: int, shrink: int, dev):
-    """Cut the traces of responses `resp` (decoded at `block_size`) into trace rows
-    (trace_rows, merging every `shrink` steps), with the sampler's recorded log-probs as
-    pi_old and per_response[i] (advantage or return) on every target token of response i.
-    n_resp is the global response count that normalises the loss. None if there is no row.
+def build_rows(ro, resp, per_response, n_resp: int, block_size: int, shrink: int, dev, max_len: int = 128):
+    """Pack the trace rows of responses `resp` (decoded at `block_size`, every `shrink` steps
+    merged), with the sampler's recorded log-probs as pi_old and per_response[i] (advantage
+    or return) on every target token of response i. n_resp is the global response count
+    that normalises the loss. None if there is no row.
 
     The weight is ours (docs/design.md §7): 1 / (L_resp * n_resp) per token, so every response
     counts once whatever its length; TraceRL's code divides by a fixed length instead."""
-    rows = []  # (prompt, clean, noisy, target, old, adv, weight, response) per row
+    packs, used, old, adv, weight = [], [], [], [], []
     for i in resp:
         # L_resp = every token the sampler committed for this response (tokens committed
         # after the first eos are actions too), so a response's weights sum to 1 / n_resp.
         w = 1.0 / (float((ro["fwd"][i] >= 0).sum()) * n_resp)
-        for noisy, tgt in trace_rows(ro["fwd"][i], block_size, shrink):
-            n_t = int(tgt.sum())
-            rows.append((ro["prompts"][i], ro["tokens"][i], noisy, tgt, ro["logp"][i][tgt],
-                         torch.full((n_t,), float(per_response[i])), torch.full((n_t,), w), i))
-    if not rows:
+        for p in pack_response(ro["prompts"][i], ro["tokens"][i], ro["fwd"][i], block_size, shrink, max_len):
+            n_t = len(p["answer_pos"])
+            packs.append(p)
+            used.append(i)
+            old.append(ro["logp"][i][p["answer_pos"]])
+            adv.append(torch.full((n_t,), float(per_response[i])))
+            weight.append(torch.full((n_t,), w))
+    if not packs:
         return None
-    cols = list(zip(*rows))
-    prompt, clean, noisy, target = (torch.stack(c).to(dev) for c in cols[:4])
-    old, adv, weight = (torch.cat(c).to(dev) for c in cols[4:7])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), target.sum(1).cpu().cumsum(0)])
-    return TraceRows(prompt, clean, noisy, target, old, adv, weight, offsets, torch.tensor(cols[7]))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor([len(o) for o in old]).cumsum(0)])
+    return TraceRows(packs, used, torch.cat(old).to(dev), torch.cat(adv).to(dev), torch.cat(weight).to(dev), offsets)
+
+
+def packed_logprobs(model, rows: TraceRows, idx, dev, temperature: float = 1.0):
+    """fp32 log-probs of the target tokens of packs idx under the policy tempered by
+    `temperature`, flat in packed order: the numbers row_logprobs gives in each trace row's
+    own layout, at the temperature the sampler drew from (so pi_old equals them)."""
+    tokens, pos, mask, label, target = rows.batch(idx, dev)
+    logits, _ = model(tokens, pos=pos, mask=mask)
+    return policy_logprobs(logits[target], temperature).gather(-1, label[target][:, None]).squeeze(-1)
+
+
+def packed_values(vm, rows: TraceRows, idx, dev):
+    """[option] --value-model: V(state each target was decoded from), flat in packed order:
+    the value model read at the target's position in its own noisy copy."""
+    tokens, pos, mask, _, target = rows.batch(idx, dev)
+    return vm(tokens, pos, mask)[target]
 
 
 # ----------------------------------------------------------------------------- step 5: the loss
@@ -385,11 +477,20 @@ def reference_penalty(new_lp, ref_lp, weight, beta: float):
     return beta * (weight * kl).sum(), kl.mean() if kl.numel() else kl.new_zeros(())
 
 
-def over_rows(fn, net, rows: TraceRows, block_size: int, micro_batch: int, **kw):
-    """fn (row_logprobs or row_values) of net on every row, micro-batch by micro-batch:
-    one value per target token, flat in row-major order. kw: fn's extra arguments."""
-    return torch.cat([fn(net, *rows.layout(slice(j, j + micro_batch)), block_size, **kw)
-                      for j in range(0, len(rows), micro_batch)])
+def micro_batches(rows: TraceRows, chunk, size: int):
+    """The packs of `chunk` in micro-batches of `size`, packs of similar length together (less
+    padding; the order of the packs inside one optimiser step changes no gradient)."""
+    if len(chunk) == 0:
+        return []
+    chunk = chunk[torch.tensor([len(rows.packs[i]["tokens"]) for i in chunk.tolist()]).argsort(stable=True)]
+    return [chunk[j:j + size] for j in range(0, len(chunk), size)]
+
+
+def over_packs(fn, net, rows: TraceRows, micro_batch: int, dev, **kw):
+    """fn (packed_logprobs or packed_values) of net on every pack, micro-batch by micro-batch:
+    one value per target token, flat in packed order. kw: fn's extra arguments."""
+    every = torch.arange(len(rows))
+    return torch.cat([fn(net, rows, every[j:j + micro_batch], dev, **kw) for j in range(0, len(rows), micro_batch)])
 
 
 @torch.no_grad()
@@ -401,16 +502,15 @@ def option_inputs(model, rows: TraceRows, cfg: RLConfig, critic=None, ref=None):
     V_old of every target's state and A_t = R − V_old; --ref-kl-beta: the reference's
     log-probs. Returns (V_old, returns R), None without a critic."""
     v_old = ret = None
+    dev = rows.old.device
     if cfg.shrink > 1:
-        rows.old = over_rows(row_logprobs, model, rows, cfg.block_size, cfg.micro_batch,
-                             temperature=cfg.temperature)
+        rows.old = over_packs(packed_logprobs, model, rows, cfg.micro_batch, dev, temperature=cfg.temperature)
     if critic is not None:
         critic.model.eval()
-        v_old = over_rows(row_values, critic.model, rows, cfg.block_size, cfg.micro_batch)
+        v_old = over_packs(packed_values, critic.model, rows, cfg.micro_batch, dev)
         ret, rows.adv = rows.adv, token_advantages(rows.adv, v_old)
     if ref is not None:
-        rows.ref = over_rows(row_logprobs, ref, rows, cfg.block_size, cfg.micro_batch,
-                             temperature=cfg.temperature)
+        rows.ref = over_packs(packed_logprobs, ref, rows, cfg.micro_batch, dev, temperature=cfg.temperature)
     return v_old, ret
 
 
@@ -422,10 +522,9 @@ def critic_update(critic, rows: TraceRows, chunks, cfg: RLConfig, v_old, ret, de
     vloss = 0.0
     for chunk in chunks:
         critic.opt.zero_grad(set_to_none=True)
-        for j in range(0, len(chunk), cfg.micro_batch):
-            mb = chunk[j:j + cfg.micro_batch]
+        for mb in micro_batches(rows, chunk, cfg.micro_batch):
             tok = rows.tokens(mb).to(dev)
-            v = row_values(critic.model, *rows.layout(mb.to(dev)), cfg.block_size)
+            v = packed_values(critic.model, rows, mb, dev)
             vl = value_loss(v, v_old[tok], ret[tok], rows.weight[tok] * cfg.updates, critic.clip)
             vl.backward()
             vloss += vl.item() / cfg.updates
@@ -461,11 +560,12 @@ def rl_lr(cfg: RLConfig, step: int) -> float:
     return cfg.lr
 
 
-def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None):
+def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None, eta=None):
     """A TraceRL stage: up to cfg.steps RL steps, stopping early once the stage's trace
     rows reach cfg.max_rows (0 = never; --max-rows). on_step(i, model), if given, is called
-    after each step i = 1, 2, ... (curriculum --curve-every). Returns the history, one log
-    dict per step."""
+    after each step i = 1, 2, ... (curriculum --curve-every); eta(i, hist), if given, returns
+    text for the end of step i's log line (curriculum: the run's remaining time). Returns the
+    history, one log dict per step."""
     dev = next(model.parameters()).device
     dist.broadcast_params(model)
     ref = frozen(model) if cfg.ref_kl_beta > 0 else None  # [option]
@@ -490,7 +590,7 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None)
         print(f"{name} step {i + 1:3d}/{cfg.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"
               f"{log['prompts']} | resp {log['n_resp']:3d} | rows {log['rows']:4d} | TPF {log['tpf']:.2f} | "
               f"loss {log['loss']:+.4f} | clip {log['clip']:.3f} | kl {log['kl']:.5f}{extra} | lr {log['lr']:.1e} | "
-              f"{log['secs']:.1f}s", flush=True)
+              f"{log['secs']:.1f}s" + (eta(i + 1, hist) if eta is not None else ""), flush=True)
         if on_step is not None:
             on_step(i + 1, model)
         rows = sum(h["rows"] for h in hist)  # global rows: every rank stops together
@@ -534,7 +634,7 @@ def explain(model, problems, cfg: RLConfig, seed: int = 0, tries: int = 20, colo
         return dict(terms=torch.zeros(0), loss=0.0, ro=ro, sample=None, rows=None)
     rows = build_rows(ro, resp, adv, len(resp), cfg.block_size, cfg.shrink, dev)
     with torch.no_grad():  # step 5's numbers at the weights that sampled (rho ~ 1)
-        new = over_rows(row_logprobs, model, rows, cfg.block_size, cfg.micro_batch, temperature=cfg.temperature)
+        new = over_packs(packed_logprobs, model, rows, cfg.micro_batch, dev, temperature=cfg.temperature)
         terms, ratio, _ = token_losses(new, rows.old, rows.adv, rows.weight, cfg.clip_eps, cfg.kl_beta)
         loss = policy_loss(new, rows.old, rows.adv, rows.weight, cfg.clip_eps, cfg.kl_beta)[0].item()
     s = max(resp, key=lambda i: (float(adv[i]), -i))  # a right answer, if any
@@ -549,18 +649,20 @@ def explain(model, problems, cfg: RLConfig, seed: int = 0, tries: int = 20, colo
     print(f"\n5. its target tokens (policy_loss): log-prob under the sampler (pi_old), weight w = 1/(L_resp n_resp) "
           f"with L_resp = {int((fwd >= 0).sum())}, n_resp = {len(resp)}; term = w (−rho A + β k3), rho = "
           f"pi_theta/pi_old = 1 here:")
-    mine = (rows.response == s).nonzero().squeeze(1)
-    for r in mine.tolist():
-        a, b = int(rows.offsets[r]), int(rows.offsets[r + 1])
-        pos = rows.target[r].nonzero().squeeze(1).tolist()
-        for j, p in zip(range(a, b), pos):
-            ch = decode([int(tokens[p])]) if int(tokens[p]) < 256 else "⏎"
-            print(f"  round {r - int(mine[0])}  position {p:2d}  {ch!r:6}  log-prob {float(rows.old[j]):+.4f}  "
-                  f"w {float(rows.weight[j]):.5f}  A {float(rows.adv[j]):+.2f}  term {float(terms[j]):+.6f}")
-    mine_terms = torch.cat([terms[int(rows.offsets[r]):int(rows.offsets[r + 1])] for r in mine.tolist()])
-    print(f"  sample {s}'s terms sum to {float(mine_terms.sum()):+.6f} (−A/n_resp: a response counts once, "
-          f"whatever its length)")
-    print(f"\nThe loss over all {len(rows)} trace rows of the group: {loss:+.6f}. At rho = 1 it is −mean(A) over "
+    mine = [i for i, r in enumerate(rows.response) if r == s]  # the sample's packs
+    listed = sorted((r, p, j) for i in mine for r, p, j in zip(  # its targets, round by round
+        rows.packs[i]["copy"][rows.packs[i]["target"]].tolist(), rows.packs[i]["answer_pos"].tolist(),
+        range(int(rows.offsets[i]), int(rows.offsets[i + 1]))))
+    for r, p, j in listed:
+        ch = decode([int(tokens[p])]) if int(tokens[p]) < 256 else "⏎"
+        print(f"  round {r}  position {p:2d}  {ch!r:6}  log-prob {float(rows.old[j]):+.4f}  "
+              f"w {float(rows.weight[j]):.5f}  A {float(rows.adv[j]):+.2f}  term {float(terms[j]):+.6f}")
+    print(f"  sample {s}'s terms sum to {sum(float(terms[j]) for _, _, j in listed):+.6f} (−A/n_resp: a "
+          f"response counts once, whatever its length)")
+    n_rounds, n_tok = rows.packs[mine[0]]["rounds"], sum(len(rows.packs[i]["tokens"]) for i in mine)
+    print(f"\nThe update packs a response's trace rows into few sequences (pack_response): this one's {n_rounds} "
+          f"rows take {n_tok} tokens in {len(mine)} sequence(s), not {n_rounds} x {len(ro['prompts'][s]) + 2 * len(tokens)}.")
+    print(f"The loss over all {rows.n_rows} trace rows of the group: {loss:+.6f}. At rho = 1 it is −mean(A) over "
           f"the responses, 0 up to rounding, since advantages sum to 0 in a group; its gradient, "
           f"−Σ w A ∇log pi, is not: it raises the log-probs of the right samples' tokens and lowers the wrong ones'.")
     return dict(terms=terms, loss=loss, ro=ro, sample=s, rows=rows)
@@ -580,7 +682,8 @@ def add_rl_args(ap):
     g.add_argument("--threshold", type=float, default=0.9, help="dynamic-decoding θ of the rollouts")
     g.add_argument("--temperature", type=positive_temperature, default=1.0,
                    help="rollout sampling temperature; the update's log-probs are of the same tempered policy")
-    g.add_argument("--micro-batch", type=int, default=256, help="trace rows per forward (grad accumulation)")
+    g.add_argument("--micro-batch", type=int, default=64,
+                   help="responses per forward, each packing all its trace rows (grad accumulation)")
     o = ap.add_argument_group("TraceRL options, off by default")
     o.add_argument("--commit-distance", type=int, default=0,
                    help="rollouts commit only masks fewer than D places right of the block's leftmost mask "

@@ -5,10 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
+import torch
 
-from curriculum import parse_stages
+from curriculum import parse_stages, run_ladder
+from report import load_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,8 +86,7 @@ def _mtimes(out):
 
 
 def _rows(out):
-    with open(os.path.join(out, "results.json")) as f:
-        rows = json.load(f)
+    rows = load_records(os.path.join(out, "results.json"))
     return {(r["method"], r["decode_block"], r["rule"], r["threshold"]): r for r in rows}, len(rows)
 
 
@@ -127,16 +129,10 @@ def test_end_to_end_outputs(tiny_run):
         hist = metas[n]["rl_history"]
         assert len(hist) == steps and {h["prompts"] for h in hist} == {prompts}
         assert [h["lr"] for h in hist] == pytest.approx(lrs, rel=1e-12)
-    # --curve-every 1: the first stage's curve at steps 0, 1, 2; its last point is the checkpoint the
-    # table scores, so it equals the table's B=4 greedy and mean@3 cells exactly
+    # --curve-every 1: the first stage's curve at steps 0, 1, 2 (its values against the table:
+    # test_curve_ends_are_the_tables_cells, where accuracies are not 0)
     curve = metas["tstar4"]["curve"]
     assert [c["step"] for c in curve] == [0, 1, 2] and metas["tstar8"]["curve"] == []
-    # (the tiny model's accuracy may be 0 everywhere; its TPF is a float no other decode would repeat)
-    assert curve[-1]["greedy"] == 100 * rows[("tstar4", 4, "dynamic", 0.9)]["accuracy"]
-    assert curve[-1]["tpf"] == rows[("tstar4", 4, "dynamic", 0.9)]["tpf"]
-    assert curve[0]["tpf"] == rows[("sft4", 4, "dynamic", 0.9)]["tpf"]
-    assert curve[-1]["mean"] == 100 * rows[("tstar4", 4, "sampled", 0.9)]["accuracy"]
-    assert curve[0]["greedy"] == 100 * rows[("sft4", 4, "dynamic", 0.9)]["accuracy"]
     md = open(os.path.join(out, "results.md")).read()
     assert "tstar4 while it trained, at B=4" in md and f"2: {curve[-1]['greedy']:.1f} / {curve[-1]['mean']:.1f}" in md
     for n in NAMES:
@@ -212,6 +208,111 @@ def test_resume_rebuilds_every_descendant_of_a_missing_stage(tiny_run):
             recorded = json.load(f)["parent_sha256"]
         with open(os.path.join(out, f"{parent}.pt"), "rb") as f:
             assert recorded == hashlib.sha256(f.read()).hexdigest(), child
+
+
+def _flags(**set_to):
+    """TINY with some flags set to other values (or added)."""
+    flags = list(TINY)
+    for key, value in set_to.items():
+        flag = "--" + key.replace("_", "-")
+        if flag in flags:
+            flags[flags.index(flag) + 1] = str(value)
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _half_right(text, gold, finished=True):
+    """A grader that passes about half of all answers (the parity of the crc32 of the answer and the
+    gold one, so even one text given to every problem is right on about half): the tiny model
+    never earns the real reward, so with it every accuracy would be 0 and no RL step would build
+    a row."""
+    return zlib.crc32((text + "|" + gold).encode()) % 2 == 0
+
+
+@pytest.fixture(scope="module")
+def graded_run(tmp_path_factory):
+    """The tiny ladder run in-process by curriculum.main with `_half_right` grading rollouts and
+    evaluation, a first stage of 3 steps (the others 2) at a rate that moves the weights, and a
+    record of each RL stage's seed and first rollouts. Returns (out, stdout, metas, results, first)
+    with first[name] = (seed, rollouts of the stage's first step)."""
+    import contextlib
+    import io
+    import curriculum
+    import eval_math
+    import tracerl
+    out = str(tmp_path_factory.mktemp("graded") / "run")
+    first, stage = {}, {}
+    real_run, real_rollout = curriculum.run_tracerl, tracerl.rollout
+
+    def run_spy(*args, name, seed, **kw):
+        stage.update(name=name, seed=seed)
+        return real_run(*args, name=name, seed=seed, **kw)
+
+    def rollout_spy(*args, **kw):
+        ro = real_rollout(*args, **kw)
+        first.setdefault(stage["name"], (stage["seed"], ro))
+        return ro
+    log = io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread, as the subprocess runs (a second one only waits)
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(log):
+        mp.setattr(tracerl, "is_correct", _half_right)
+        mp.setattr(eval_math, "is_correct", _half_right)
+        mp.setattr(curriculum, "run_tracerl", run_spy)
+        mp.setattr(tracerl, "rollout", rollout_spy)
+        mp.setattr(sys, "argv", ["curriculum.py", *_flags(first_stage_steps=3, first_stage_lr=1e-2),
+                                 "--sweep-thresholds", "", "--out", out])
+        try:
+            curriculum.main()
+        finally:
+            torch.set_num_threads(threads)
+    metas = {n: json.load(open(os.path.join(out, f"{n}.pt.json"))) for n in ["ar"] + NAMES}
+    return out, log.getvalue(), metas, _rows(out)[0], first
+
+
+def test_curve_ends_are_the_tables_cells(graded_run):
+    """The first stage's curve starts at its parent and ends at its checkpoint: step 0 is sft4's
+    B=4 greedy and mean@3 cells and TPF, step 3 tstar4's, exactly (same decodes, same seeds), with
+    accuracies that are not 0 and two ends that differ."""
+    _, _, metas, rows, _ = graded_run
+    curve = metas["tstar4"]["curve"]
+    assert [c["step"] for c in curve] == [0, 1, 2, 3]
+    for point, name in ((curve[0], "sft4"), (curve[-1], "tstar4")):
+        cells = rows[(name, 4, "dynamic", 0.9)], rows[(name, 4, "sampled", 0.9)]
+        assert (point["greedy"], point["mean"], point["tpf"]) == \
+            (100 * cells[0]["accuracy"], 100 * cells[1]["accuracy"], cells[0]["tpf"]), name
+        assert 0 < point["greedy"] < 100 and 0 < point["mean"] < 100, point
+    assert (curve[0]["greedy"], curve[0]["mean"], curve[0]["tpf"]) != \
+        (curve[-1]["greedy"], curve[-1]["mean"], curve[-1]["tpf"])
+
+
+def test_no_rl_stage_takes_as_many_steps_as_the_tstar_stage(graded_run):
+    """norl{B} runs as many SFT updates as tstar{B} ran RL steps (2 here), not the first stage's
+    (3) or the base's (20)."""
+    _, log, metas, _, _ = graded_run
+    steps = len(metas["tstar8"]["rl_history"])
+    assert (steps, len(metas["tstar4"]["rl_history"]), metas["sft4"]["steps"]) == (2, 3, 20)
+    assert metas["norl8"]["steps"] == steps and metas["norl8"]["method"] == "norl"
+    assert "block SFT (B=8 1): 2 steps" in log and f"norl8 step {steps:5d}/{steps}" in log
+
+
+def test_stages_and_direct_draw_their_own_rollouts(graded_run):
+    """Every RL stage has its own rollout stream: tstar8 does not start by replaying tstar4's first
+    prompts, nor direct8 either's (a shared seed would draw the same prompts first)."""
+    _, _, metas, _, first = graded_run
+    assert set(first) == {"tstar4", "tstar8", "direct8"}
+    assert len({seed for seed, _ in first.values()}) == 3
+    k = 2
+    picked = {n: ro["prompts"][::k] for n, (_, ro) in first.items()}  # each group's prompt
+    assert [len(picked[n]) for n in ("tstar4", "tstar8", "direct8")] == [8, 4, 4]
+    for a, b in (("tstar4", "tstar8"), ("tstar4", "direct8"), ("tstar8", "direct8")):
+        n = min(len(picked[a]), len(picked[b]))
+        assert not torch.equal(picked[a][:n], picked[b][:n]), (a, b)
+        assert len({tuple(p.tolist()) for p in picked[a][:n]} & {tuple(p.tolist()) for p in picked[b][:n]}) < n
+    # the first steps' rewards, as logged, are those rollouts'
+    for n, (_, ro) in first.items():
+        assert metas[n]["rl_history"][0]["reward"] == pytest.approx(ro["reward"].mean().item())
 
 
 def test_without_matplotlib_pictures_are_skipped_in_one_line_each(tiny_run):
@@ -309,18 +410,98 @@ def test_a_run_made_before_a_flag_existed_resumes(tiny_run, tmp_path):
     assert "direct_budget" in line
 
 
-def test_gpu_preset_starts_on_cpu(tmp_path):
-    """The GPU preset is never dead code: with tiny overrides it runs a one-stage ladder on
-    CPU and stores the preset's settings (explicit flags win over the preset)."""
+# ----------------------------------------------------------------------------- presets and --help
+
+def _parsed(monkeypatch, *argv):
+    """curriculum.main's own parse of `argv` (its two passes: the preset, then the typed flags), caught
+    where main hands it to run_ladder: (the namespace, the model config, every flag's untyped value)."""
+    import inspect
+    import curriculum
+    got, params = {}, inspect.signature(run_ladder)  # the real one, whatever is patched
+    monkeypatch.setattr(sys, "argv", ["curriculum.py", *argv])
+    monkeypatch.setattr(curriculum, "run_ladder", lambda *args, **kw: got.update(params.bind(*args, **kw).arguments))
+    curriculum.main()
+    return got["a"], got["cfg"], got["defaults"]
+
+
+@pytest.mark.parametrize("preset", ["cpu", "quick", "gpu"])
+def test_every_preset_value_reaches_the_run(monkeypatch, preset):
+    """Each of the preset's values is what the run gets, and what a resume compares against as
+    the untyped value; the model config follows the preset's size."""
+    from curriculum import PRESETS
+    want = PRESETS[preset]
+    if preset != "cpu":  # else the check could not tell the preset from the defaults
+        assert {k for k, v in want.items() if v != PRESETS["cpu"][k]} >= {"first_stage_prompts", "k", "n_prompts"}
+    a, cfg, defaults = _parsed(monkeypatch, "--preset", preset)
+    assert a.preset == preset
+    for key, value in want.items():
+        assert getattr(a, key) == value and defaults[key] == value, key
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (want["n_layer"], want["n_head"], want["n_embd"])
+
+
+def test_quick_is_preset_quick_and_a_typed_flag_beats_the_preset(monkeypatch):
+    from curriculum import PRESETS
+    quick = vars(_parsed(monkeypatch, "--quick")[0])
+    assert quick.pop("quick") is True
+    as_preset = vars(_parsed(monkeypatch, "--preset", "quick")[0])
+    assert as_preset.pop("quick") is False and quick == as_preset
+    # typed flags win over --quick and --preset alike, a hidden flag (--first-stage-prompts) too; the
+    # untyped values stay the preset's, in the run and in what a resume compares against
+    for preset in (["--quick"], ["--preset", "gpu"]):
+        p = PRESETS["quick" if preset == ["--quick"] else "gpu"]
+        assert (p["k"], p["n_embd"], p["first_stage_prompts"]) != (2, 64, 5)
+        a, cfg, defaults = _parsed(monkeypatch, *preset, "--k", "2", "--n-embd", "64", "--first-stage-prompts", "5")
+        assert (a.k, a.n_embd, cfg.n_embd, a.first_stage_prompts) == (2, 64, 64, 5)
+        assert (defaults["k"], defaults["n_embd"], defaults["first_stage_prompts"]) == \
+            (p["k"], p["n_embd"], p["first_stage_prompts"])
+        for key, value in p.items():
+            if key not in ("k", "n_embd", "first_stage_prompts"):
+                assert getattr(a, key) == value, (preset, key)
+
+
+def test_gpu_preset_values_reach_a_run(tmp_path):
+    """The gpu preset end to end on CPU: the model size, the supervised budgets and the first
+    stage's step count are typed (the preset's would take hours here), everything else is the
+    preset's, and its values are what the run trained with: settings.json holds them, and the
+    first stage drew the preset's first-stage prompts per step (128) on its cosine from 1e-4 (the
+    preset's curve interval, 10, is checked by test_every_preset_value_reaches_the_run; here:
+    no point before it)."""
+    from curriculum import PRESETS
+    gpu = PRESETS["gpu"]
+    typed = dict(n_layer=1, n_head=2, n_embd=32, ar_steps=5, sft_steps=5, first_stage_steps=2)
+    flags = [x for k, v in typed.items() for x in ("--" + k.replace("_", "-"), str(v))]
     out = tmp_path / "gpu"
-    flags = list(TINY)
-    flags[flags.index("--stages") + 1] = "4"
-    r = curriculum(*flags, "--preset", "gpu", "--out", str(out))
+    r = curriculum("--preset", "gpu", "--stages", "4", "--max-seq-len", "32", "--prompt-len", "8", "--level", "1",
+                   "--n-train", "200", "--n-test", "20", "--sweep-thresholds", "", "--device", "cpu", *flags,
+                   "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     settings = json.loads((out / "settings.json").read_text())
     assert settings["preset"] == "gpu" and settings["model"]["n_embd"] == 32
-    assert settings["n_prompts"] == 4 and settings["sft_steps"] == 20 and settings["first_stage_prompts"] == 8
-    assert (out / "tstar4.pt").exists() and (out / "results.md").exists()
+    untyped = {k for k in gpu if k not in typed}
+    assert untyped >= {"batch_size", "first_stage_prompts", "first_stage_lr", "k", "n_prompts", "stage_steps"}
+    for key, value in gpu.items():
+        if key != "curve_every":  # not a setting (it trains nothing)
+            assert settings[key] == typed.get(key, value), key
+    meta = json.loads((out / "tstar4.pt.json").read_text())
+    hist = meta["rl_history"]
+    # the first stage's own recipe, the preset's (values no other flag or preset here has)
+    assert gpu["first_stage_prompts"] not in (gpu["n_prompts"], PRESETS["cpu"]["first_stage_prompts"])
+    assert len(hist) == 2 and {h["prompts"] for h in hist} == {gpu["first_stage_prompts"]}
+    lr = gpu["first_stage_lr"]
+    assert lr != gpu["lr"] and [h["lr"] for h in hist] == \
+        pytest.approx([lr, lr / 2] if gpu["first_stage_lr_schedule"] == "cosine" else [lr, lr], rel=1e-12)
+    assert [c["step"] for c in meta["curve"]] == [0]  # a curve, but no point at steps 1 or 2
+    assert (out / "results.md").exists()
+
+
+def test_help_fits_a_screen_in_groups():
+    p = subprocess.run([sys.executable, "curriculum.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) <= 100, len(lines)
+    for group in ("run", "model", "evaluation"):
+        assert f"{group}:" in lines, group
 
 
 # ----------------------------------------------------------------------------- seeds

@@ -26,6 +26,9 @@ def test_near_frontier_by_hand():
     assert near_frontier(masked, 2).int().tolist() == [[0, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0] * 6]
     assert near_frontier(masked, 4).int().tolist() == [[0, 1, 1, 1, 1, 0], [1, 1, 0, 1, 0, 0], [0] * 6]
     assert torch.equal(near_frontier(masked, 0), masked)  # 0: anywhere in the block
+    # a committed token inside the window is skipped, not counted out of it; an all-masked row
+    m = torch.tensor([[0, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert near_frontier(m, 3).int().tolist() == [[0, 1, 0, 1, 0, 0], [1, 1, 1, 0, 0, 0]]
 
 
 def test_generate_at_distance_1_commits_left_to_right(tiny_model, prompts):

@@ -313,6 +313,61 @@ def test_update_has_no_direction_of_its_own(monkeypatch, tiny_model, level1_rows
     assert torch.stack(grads).sum(0).norm() < 1e-4 * one
 
 
+@pytest.mark.parametrize("updates", [2, 3])
+def test_updates_scale_each_chunk_to_the_gradient_of_one_update(monkeypatch, tiny_model, level1_rows, updates):
+    """--updates U splits the rows into U chunks, one optimiser step each, and scales each chunk's
+    loss by U, so every step has the gradient scale of --updates 1: at lr 0 (every step at the
+    sampling weights) the U steps' gradients add up to U times the one step's gradient on all the
+    rows. Without the scaling they would add up to once that gradient."""
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    m = copy.deepcopy(tiny_model)
+    a = rl_args(n_prompts=3, k=4, micro_batch=5)
+    ro = tracerl.rollout(m, level1_rows, torch.Generator().manual_seed(0), n_prompts=a.n_prompts, k=a.k,
+                          block_size=a.block_size, threshold=a.threshold)
+    steps = []  # the gradient of each optimiser step, read before the clip to norm 1 rescales it
+
+    def read(params, max_norm):
+        params = list(params)
+        steps.append(torch.cat([p.grad.flatten() for p in params if p.grad is not None]).clone())
+        return steps[-1].norm()
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", read)
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    logs = {}
+    for u in (1, updates):
+        steps.clear()
+        logs[u] = rl_step(m, opt, None, rl_args(n_prompts=3, k=4, micro_batch=5, updates=u),
+                          torch.Generator().manual_seed(0), ro=ro)
+        assert len(steps) == u
+        if u == 1:
+            whole = steps[0]
+    assert logs[1]["rows"] == logs[updates]["rows"] > 0  # the same rows, split U ways
+    assert whole.norm() > 1e-3
+    # (the log-probs are float32: equal to ~1e-7 of the gradient's size)
+    assert (torch.stack(steps).sum(0) - updates * whole).norm() < 1e-5 * whole.norm()
+    assert all(g.norm() > 0.1 * whole.norm() for g in steps)  # no chunk was empty
+
+
+def test_curve_hook_leaves_the_training_unchanged(monkeypatch, tiny_model, level1_rows):
+    """--curve-every's hook (eval_math.curve_recorder) decodes the model between RL steps; the
+    stage it watches trains to the same weights, bit for bit, and logs the same steps as the stage
+    without it (same seed; only the seconds, secs*, differ)."""
+    from eval_math import curve_recorder
+    monkeypatch.setattr(tracerl, "is_correct", lambda text, gold, finished: len(text) % 2 == 0)
+    a = rl_args(n_prompts=3, k=4, lr=1e-2, steps=3, block_size=4)
+    runs = []
+    for hooked in (False, True):
+        m = copy.deepcopy(tiny_model)
+        points, on_step = curve_recorder(m, level1_rows, 4, every=1, seed=0) if hooked else ([], None)
+        hist = run_tracerl(m, level1_rows, a, name="t", seed=5, on_step=on_step)
+        runs.append((m.state_dict(), [{k: v for k, v in h.items() if not k.startswith("secs")} for h in hist], points))
+    (plain, hist0, _), (watched, hist1, points) = runs
+    assert [p["step"] for p in points] == [0, 1, 2, 3]  # the hook did decode after every step
+    assert sum(h["rows"] for h in hist0) > 0  # the steps did train
+    assert any(not torch.equal(v, tiny_model.state_dict()[k]) for k, v in plain.items())
+    assert plain.keys() == watched.keys() and all(torch.equal(plain[k], watched[k]) for k in plain)
+    assert hist0 == hist1
+
+
 def test_cosine_schedule_reaches_the_optimiser_and_the_hook_sees_every_step(monkeypatch, tiny_model, level1_rows):
     """--lr-schedule cosine: step i of n runs at lr (1 + cos(pi i / n)) / 2, by hand for n = 4, and
     that is the rate AdamW steps with (read from the optimiser inside rl_step, not from the log);
@@ -361,7 +416,7 @@ def test_explain_prints_the_terms_of_the_loss_the_update_takes(monkeypatch, caps
     # the update's own loss on the same rollouts
     opt = torch.optim.AdamW(m.parameters(), lr=a.lr)
     log = rl_step(m, opt, None, a, torch.Generator().manual_seed(0), ro=res["ro"])
-    assert log["rows"] == len(res["rows"]) and log["loss"] == pytest.approx(res["loss"], abs=1e-7)
+    assert log["rows"] == res["rows"].n_rows and log["loss"] == pytest.approx(res["loss"], abs=1e-7)
     # at the weights that sampled ρ = 1 and k3 = 0, so each term is −w·A: a group's advantages sum
     # to 0 and so does the loss (to rounding), while no term is 0
     rows = res["rows"]

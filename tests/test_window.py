@@ -1,5 +1,6 @@
 """The mask window (model.hide_far_masks) and the commit distance (sample.near_frontier):
-a no-op where they must be, active where they must be, and exact everywhere."""
+a no-op where they must be, active where they must be, and exact everywhere. (near_frontier
+by hand: test_rl_options.py.)"""
 import dataclasses
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from data.tokenizer import MASK_ID
 from model import GPT, hide_far_masks, training_layout
-from sample import generate, near_frontier
+from sample import generate
 
 
 def test_hide_far_masks_by_hand():
@@ -72,14 +73,6 @@ def test_commit_distance_invariant(tiny_model, prompts, distance):
                 frontier = int(((blk < 0) | (blk >= t)).nonzero().min())  # leftmost still masked
                 where = (blk == t).nonzero().squeeze(1)
                 assert (where < frontier + distance).all()
-
-
-def test_near_frontier_by_hand():
-    m = torch.tensor([[0, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    got = near_frontier(m, 3)
-    want = torch.tensor([[0, 1, 0, 1, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    assert torch.equal(got, want)
-    assert torch.equal(near_frontier(m, 0), m)
 
 
 @pytest.mark.parametrize("window,distance", [(3, 0), (3, 4), (-1, 4), (1, 0)])

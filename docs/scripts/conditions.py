@@ -8,9 +8,11 @@ the gap greedy − mean@3 at B=4 of sft4 → tstar4 (how much of (i) is the samp
 then T*@16 minus direct@16, and the share of the B=4 model's (tstar4 at B=4) accuracy T*@16 keeps.
 Greedy = dynamic θ 0.9; mean@3 = the `sampled` rows. Points of accuracy on the run's test problems.
 """
-import json
 import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from report import load_records  # noqa: E402
 
 
 def cell(rows, method, B, rule):
@@ -25,7 +27,7 @@ print("| run | (i) B=4 greedy / mean@3 | B=4 gap sft4 → tstar4 | (ii) B=8 | (i
       "T*@16 keeps (TPF vs B=4) |")
 print("|---|---|---|---|---|---|---|")
 for d in sys.argv[1:]:
-    rows = json.load(open(os.path.join(d, "results.json")))
+    rows = load_records(os.path.join(d, "results.json"))
     diff = {B: [cell(rows, "tstar4", B, r)[0] - cell(rows, "sft4", B, r)[0] for r in ("dynamic", "sampled")]
             for B in (4, 8, 16)}
     vs = [cell(rows, "tstar16", 16, r)[0] - cell(rows, "direct16", 16, r)[0] for r in ("dynamic", "sampled")]

@@ -44,6 +44,7 @@ import time
 from dataclasses import asdict
 
 import dist
+import sample
 from data.task import DataError, add_task_args, check_fit, load_task, task_from_args
 from eval_math import SWEEP_THRESHOLDS, EvalPlan, curve_recorder, eval_jobs, evaluate_all, parse_list
 from schedule import schedule_stats
@@ -185,6 +186,15 @@ class Run:
         return self.wall
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports kB; 0 where unknown)."""
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    except (ImportError, AttributeError):
+        return 0.0
+
+
 class Progress:
     """Where the run is: each phase announces itself as "[k/N] name", and every RL step line
     ends with an estimate of the run's time left: the RL steps still to come at the seconds
@@ -199,7 +209,8 @@ class Progress:
 
     def start(self, name, done=False):
         self.k += 1
-        print(f"[{self.k}/{len(self.phases)}] {name}" + (": done earlier, kept" if done else ""), flush=True)
+        print(f"[{self.k}/{len(self.phases)}] {name}" + (": done earlier, kept" if done else "")
+              + f" (peak memory so far {peak_rss_gb():.2f} GB)", flush=True)
         if done:
             self.rl_left.pop(name, None)
 
@@ -246,8 +257,10 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
     t0 = time.time()
     hist = run_tracerl(model, problems, cfg, name=name, seed=seed, on_step=on_step,
                        eta=progress.eta(name, steps) if progress else None)
-    meta = dict(meta, stage="rl", method=name, block_size=block_size, parent=parent,
-                rl_history=hist, rl_seconds=time.time() - t0, curve=points, curve_seconds=curve_secs[0])
+    # what the RL checkpoint inherits from its parent: the task and the seed (not the parent's
+    # supervised steps, learning rate or timing, which would read as the stage's own)
+    meta = dict({k: meta[k] for k in ("task", "seed") if k in meta}, stage="rl", method=name, block_size=block_size,
+                parent=parent, rl_history=hist, rl_seconds=time.time() - t0, curve=points, curve_seconds=curve_secs[0])
     run.save(name, model, meta, parent)
     return meta
 
@@ -270,6 +283,8 @@ def build_parser():
                      help="training seeds, e.g. 0,1,2: one ladder per seed into OUT/seed{S}, then OUT/aggregate.md "
                           "(mean and min-max); overrides --seed")
     run.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    run.add_argument("--no-compile", action="store_true",
+                     help="decode eagerly on GPU too (rollouts, evaluation; sample.decode_blocks); CPU always decodes eagerly")
     add_model_args(ap.add_argument_group("model"))
     base = ap.add_argument_group("budgets and the base")
     base.add_argument("--ar-steps", type=int, help="AR pre-training steps")
@@ -300,6 +315,8 @@ def build_parser():
     ev.add_argument("--curve-every", type=int,
                     help="the first stage's accuracy at its block size (greedy and mean@3 on the test split, never "
                          "used to choose anything) at step 0 and every N RL steps (0 = off)")
+    ev.add_argument("--stage-curve-every", type=int, default=0,
+                    help="the same curve for every later stage and for direct, each at its own block size (0 = off)")
     add_task_args(ap.add_argument_group("data"))
     ap.set_defaults(**PRESETS["cpu"])
     for action in ap._actions:  # listed in the epilog instead
@@ -315,6 +332,7 @@ def main():
     ap.set_defaults(**PRESETS["quick" if pre.quick else pre.preset])
     a = ap.parse_args()
     a.preset = "quick" if a.quick else a.preset
+    sample.COMPILE = not a.no_compile
     # every flag's value when not typed (the preset's): a run made before a flag existed resumes
     # while that flag stays at it (Run's settings check)
     defaults = json.loads(json.dumps(vars(ap.parse_args([]))))
@@ -332,10 +350,10 @@ def main():
             raise ValueError("--eval-samples and --eval-temperature must be >= 0")
         if min(a.n_prompts, a.first_stage_prompts) < dist.world():
             raise ValueError(f"--n-prompts and --first-stage-prompts must be at least the {dist.world()} processes")
-        if a.curve_every < 0:
-            raise ValueError("--curve-every must be >= 0")
+        if a.curve_every < 0 or a.stage_curve_every < 0:
+            raise ValueError("--curve-every and --stage-curve-every must be >= 0")
     except ValueError as e:
-        sys.exit(f"error: {e}" if dist.is_main() else 1)
+        dist.fail(f"error: {e}")
     try:
         if seeds is None:  # one seed, straight into --out
             run_ladder(a, cfg, stages, dev, a.out, a.seed, plan, defaults, mix)
@@ -346,7 +364,7 @@ def main():
             if dist.is_main():
                 aggregate(a.out, seeds, stages, a.eval_threshold)
     except (CheckpointError, DataError, FloatingPointError) as e:
-        sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why
+        dist.fail(f"error: {e}")  # every rank fails alike; rank 0 says why
     dist.close()
 
 
@@ -366,7 +384,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
     task = task_from_args(a)
     # Flags that do not change what is trained may differ on resume; the ladder may grow.
     skip = {"out", "device", "stages", "eval_threshold", "seeds", "sweep_thresholds", "eval_samples",
-            "eval_temperature", "curve_every", "quick"}  # quick: --preset quick says it
+            "eval_temperature", "curve_every", "stage_curve_every", "quick", "no_compile"}  # quick: --preset quick says it
     settings = dict(model=asdict(cfg), **{k: v for k, v in vars(a).items() if k not in skip | {"seed"}},
                     seed=seed)
     t_start = time.time()
@@ -407,7 +425,8 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
         # first rollouts), and none replays the base's training stream (`seed`)
         recipe = dict(n_prompts=a.first_stage_prompts, lr=a.first_stage_lr,
                       lr_schedule=a.first_stage_lr_schedule) if i == 0 else {}
-        curve = (a.curve_every, test_set, seed) if i == 0 and a.curve_every > 0 else None
+        every = a.curve_every if i == 0 else a.stage_curve_every
+        curve = (every, test_set, seed) if every > 0 else None
         meta = rl_stage(run, f"tstar{B}", parent, B, cap, train_set, a, seed + 1 + 100 * i, curve=curve,
                         progress=progress, **recipe)
         steps_used[B] = len(meta["rl_history"])
@@ -423,8 +442,9 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
         n_steps, max_rows = sum(steps_used.values()), 0
         if a.direct_budget == "rows":
             n_steps, max_rows = 3 * n_steps, sum(rows_used.values())
+        curve = (a.stage_curve_every, test_set, seed) if a.stage_curve_every > 0 else None
         rl_stage(run, f"direct{B_last}", sft0, B_last, n_steps, train_set, a, seed + 1001, max_rows,
-                 progress=progress)
+                 curve=curve, progress=progress)
     # --- no-RL: the same ladder with supervised updates instead of RL
     parent = sft0
     for B in stages[1:]:

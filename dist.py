@@ -32,7 +32,8 @@ def init(device: str) -> str:
     if cuda:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # device_id binds NCCL's communicator to this rank's GPU up front (no guessing, no hang)
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=torch.device(device) if cuda else None)
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")
     return device
@@ -41,6 +42,14 @@ def init(device: str) -> str:
 def close():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def fail(message: str):
+    """Exit with a one-line error: rank 0 prints it, the others exit 1 quietly (every rank fails
+    alike), and the process group is torn down first, so no rank leaves NCCL or gloo waiting."""
+    main = is_main()  # before the teardown, after which every process reads as rank 0
+    close()
+    sys.exit(message if main else 1)
 
 
 def rank() -> int:

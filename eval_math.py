@@ -46,7 +46,8 @@ import dist
 from data.task import DataError, check_fit, encode_prompts, is_correct, load_task, read_jsonl, task_tensors
 from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device, training_input, write_json
-from sample import RULES, generate, generate_ar
+import sample
+from sample import RULES, decode_blocks, generate, generate_ar
 import plots
 
 # The frontier sweep's thresholds: from bold (0.5 commits nearly anything a step proposes)
@@ -100,8 +101,11 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
             if block_size == 0:
                 part.append(generate_ar(model, p, temperature, gen))
             else:
-                part.append(generate(model, p, block_size, rule, threshold, steps, temperature, gen,
-                                     schedule=schedule, distance=distance))
+                if schedule is not None:  # Ŝ replay: the eager sampler's rule alone
+                    part.append(generate(model, p, block_size, rule, threshold, steps, temperature, gen,
+                                         schedule=schedule, distance=distance))
+                else:
+                    part.append(decode_blocks(model, p, block_size, rule, threshold, steps, temperature, gen, distance))
         out = {k: torch.cat([o[k] for o in part]) for k in part[0]}
         # Graded as text, like GSM8K: the grader reads the task's '#### N' format, which is the
         # same for generated and user JSONL data. Not finished = no <|eos|> in the answer area:
@@ -312,7 +316,9 @@ def main():
                     help="frontier picture of --sweep (default: next to the checkpoint, NAME.frontier.png)")
     ap.add_argument("--json", action="store_true", help="print the row (with --sweep: the rows) as JSON")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    ap.add_argument("--no-compile", action="store_true", help="decode eagerly on GPU too (sample.decode_blocks)")
     a = ap.parse_args()
+    sample.COMPILE = not a.no_compile
     try:
         blocks = parse_list(a.block_size, int, "--block-size")
         thresholds = parse_list(a.sweep_thresholds)

@@ -206,11 +206,11 @@ def report(run, names, stages, results, wall, plan, seed):
             per = f", {len(h) / 60:.1f} steps a character" if len(h) > 60 else ""
             lines.append(f"    {n:>9}  {sparkline(h)}  {h[0]:.2f} -> {h[-1]:.2f} ({len(h)} steps{per})")
     metas.update({n: run.load(n)[1] for n in ["ar"] + names if n not in metas})
-    curve = metas[f"tstar{stages[0]}"].get("curve")  # loaded for the sparklines above
-    if curve:  # --curve-every: the first stage's accuracy at its own block, as it trained
-        lines += ["", f"tstar{stages[0]} while it trained, at B={stages[0]} (--curve-every; step: greedy / "
-                      f"mean@3 %):", "", "    " + ", ".join(f"{c['step']}: {c['greedy']:.1f} / {c['mean']:.1f}"
-                                                          for c in curve)]
+    for n in names:  # --curve-every (and --stage-curve-every): each stage's accuracy at its own block
+        curve = metas[n].get("curve") if n.startswith(("tstar", "direct")) else None
+        if curve:
+            lines += ["", f"{n} while it trained, at B={curve[0]['block_size']} (step: greedy / mean@3 %):", "",
+                      "    " + ", ".join(f"{c['step']}: {c['greedy']:.1f} / {c['mean']:.1f}" for c in curve)]
     if len(stages) > 1:
         B0, Bl = stages[0], stages[-1]
         for rule in rules[:-1]:  # the one-line comparison, greedy and sampled

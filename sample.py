@@ -432,6 +432,37 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
     return outputs(tokens, fwd, logp, nfe)
 
 
+# ----------------------------------------------------------------------------- which one runs
+
+# Where the compiled sampler is used by `decode_blocks` (rollouts, evaluation, the curve). On CUDA a
+# step is one CUDA-graph launch instead of one per op. On CPU the eager sampler is faster at
+# the batches the main job decodes (300-512 rows: it drops finished rows, the compiled one
+# keeps its static batch; bench/bench_decode.py, docs/design.md §5), so it stays eager there.
+COMPILED_ON = {"cuda"}
+COMPILE = True   # --no-compile sets it False: eager everywhere
+_broken = []     # the reason torch.compile failed, once it has
+
+
+def decode_blocks(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9, steps: int = None,
+           temperature: float = 0.0, generator: torch.Generator = None, distance: int = 0):
+    """The block sampler every caller decodes through: `generate_fast` (compiled) where it pays
+    (COMPILED_ON), else `generate`; the same tokens either way. If torch.compile cannot build
+    (no C compiler, no Python headers, an unsupported GPU), one line says so and every later
+    decode is eager; the random stream is rewound, so the first decode is the eager one's."""
+    if COMPILE and not _broken and prompts.device.type in COMPILED_ON and rule != "schedule":
+        state = generator.get_state() if generator is not None else None
+        try:
+            return generate_fast(model, prompts, block_size, rule, threshold, steps, temperature, generator,
+                                 distance=distance)
+        except Exception as e:  # a compile failure surfaces on the first call, as any exception type
+            _broken.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200])
+            print(f"torch.compile failed ({_broken[0]}); decoding eagerly from here on (--no-compile skips it)",
+                  file=sys.stderr, flush=True)
+            if state is not None:
+                generator.set_state(state)
+    return generate(model, prompts, block_size, rule, threshold, steps, temperature, generator, distance=distance)
+
+
 def show_decoding(tokens, fwd, block_size: int, color: bool = True, label: str = "forward") -> str:
     """Replay one answer's trace as text, one line per forward: '_' still masked, the
     tokens committed by that forward highlighted (reverse video on a terminal, [x]

@@ -53,7 +53,8 @@ from data.tokenizer import decode
 from data.tokenizer import MASK_ID, PAD_ID
 from model import CheckpointError, attention_mask, file_sha256, load_checkpoint, pick_device, save_checkpoint, \
     training_input
-from sample import commit_order, generate, policy_logprobs, show_decoding
+import sample
+from sample import commit_order, decode_blocks, policy_logprobs, show_decoding
 from train import blew_up, finite
 from value import Critic, token_advantages, value_loss
 
@@ -149,7 +150,8 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
     perm = torch.randperm(max(n_rows, n_packs), generator=own, device=dev).cpu()
     perm = perm[perm < n_packs]
     chunks = torch.tensor_split(perm, cfg.updates)  # at the default --updates 1: one chunk, all rows
-    tot = dict(loss=0.0, clipped=0.0, k3=0.0, tokens=0.0, ref_k3=0.0)
+    # loss, clipped tokens, k3, reference k3, target tokens: summed on the device, read once a step
+    sums = torch.zeros(5, dtype=torch.float64, device=dev)
     for chunk in chunks:  # every rank takes cfg.updates steps (some chunks may be empty on some ranks)
         opt.zero_grad(set_to_none=True)
         for mb in micro_batches(rows, chunk, cfg.micro_batch):
@@ -159,29 +161,27 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
             # rows: scaling by `updates` gives every optimiser step the gradient scale of --updates 1.
             w = rows.weight[tok] * cfg.updates
             loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, cfg.clip_eps, cfg.kl_beta)
-            ref_kl = 0.0
+            ref_kl = torch.zeros((), device=dev)
             if rows.ref is not None:  # [option] --ref-kl-beta
                 ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, cfg.ref_kl_beta)
-                loss, ref_kl = loss + ref_loss, ref_kl.item()
+                loss = loss + ref_loss
             loss.backward()
             n = len(tok)
-            tot["loss"] += loss.item() / cfg.updates
-            tot["clipped"] += clip.item() * n
-            tot["k3"] += kl.item() * n
-            tot["tokens"] += n
-            tot["ref_k3"] += ref_kl * n
+            sums += torch.stack([loss.detach() / cfg.updates, clip * n, kl.detach() * n, ref_kl.detach() * n,
+                                 torch.tensor(float(n), device=dev)]).double()
         dist.all_reduce_grads(model)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         # A non-finite loss on any rank stops every rank (deciding alone would leave the
         # others waiting in the next all-reduce).
-        if dist.all_reduce_sum(float(not math.isfinite(tot["loss"]))) or not torch.isfinite(norm):
-            raise FloatingPointError(f"the loss is {tot['loss']}, gradient norm {norm.item()}")
+        loss_so_far = float(sums[0])
+        if dist.all_reduce_sum(float(not math.isfinite(loss_so_far))) or not torch.isfinite(norm):
+            raise FloatingPointError(f"the loss is {loss_so_far}, gradient norm {norm.item()}")
         opt.step()
     model.eval()
     if critic is not None:  # [option] --value-model: the critic's own steps on the same chunks
         log["vloss"] = sum_over_ranks(dict(v=critic_update(critic, rows, chunks, cfg, v_old, ret, dev)))["v"]
 
-    tot = sum_over_ranks(tot)
+    tot = sum_over_ranks(dict(zip(("loss", "clipped", "k3", "ref_k3", "tokens"), sums.tolist())))
     n_tok = max(tot["tokens"], 1.0)  # clip and the KLs are per target token, over every rank's tokens
     log.update(loss=tot["loss"], clip=tot["clipped"] / n_tok, kl=tot["k3"] / n_tok, ref_kl=tot["ref_k3"] / n_tok)
     log.update(secs=time.time() - t0, prompts=cfg.n_prompts, secs_rollout=t_rollout - t0, secs_rows=t_rows - t_rollout,
@@ -223,7 +223,7 @@ def rollout(model, problems, gen, *, n_prompts: int, k: int, block_size: int, th
     prompts = encode_prompts([p["question"] for p in group], model.cfg.prompt_len)
     prompts = prompts.repeat_interleave(k, 0).to(dev)
     model.eval()
-    out = generate(model, prompts, block_size, "dynamic", threshold, temperature=temperature,
+    out = decode_blocks(model, prompts, block_size, "dynamic", threshold, temperature=temperature,
                    generator=sample_gen or gen, distance=distance)
     reward = torch.tensor([float(is_correct(decode(t), group[i // k]["answer"], bool(f)))
                            for i, (t, f) in enumerate(zip(out["tokens"], out["finished"]))])
@@ -424,8 +424,9 @@ def packed_logprobs(model, rows: TraceRows, idx, dev, temperature: float = 1.0):
     `temperature`, flat in packed order: the numbers row_logprobs gives in each trace row's
     own layout, at the temperature the sampler drew from (so pi_old equals them)."""
     tokens, pos, mask, label, target = rows.batch(idx, dev)
-    logits, _ = model(tokens, pos=pos, mask=mask)
-    return policy_logprobs(logits[target], temperature).gather(-1, label[target][:, None]).squeeze(-1)
+    x, _, _ = model.hidden(tokens, pos, mask)
+    logits = model.head(x[target])  # the LM head on the targets alone: no other output is read
+    return policy_logprobs(logits, temperature).gather(-1, label[target][:, None]).squeeze(-1)
 
 
 def packed_values(vm, rows: TraceRows, idx, dev):
@@ -716,9 +717,11 @@ def main():
                     help="end the run once its trace rows reach this many, a cap like --steps (0 = off)")
     ap.add_argument("--seed", type=int, default=0, help="rollout seed (which prompts, which samples)")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    ap.add_argument("--no-compile", action="store_true", help="decode rollouts eagerly on GPU too (sample.decode_blocks)")
     add_rl_args(ap)
     add_task_args(ap)
     a = ap.parse_args()
+    sample.COMPILE = not a.no_compile
     if not a.explain and not a.out:
         sys.exit("error: --out is required (where to write the trained checkpoint), unless --explain")
     try:
@@ -734,14 +737,15 @@ def main():
             return
         hist = run_tracerl(model, train_set, RLConfig.from_args(a), name=f"rl{a.block_size}", seed=a.seed)
         if dist.is_main():
-            # parent_sha256: this file's parent is --ckpt (the inherited meta holds --ckpt's own
-            # parent's digest), so a run folder that holds both resumes without rebuilding it
-            save_checkpoint(a.out, model, dict(meta, stage="rl", block_size=a.block_size, rl_history=hist,
-                                               parent=os.path.abspath(a.ckpt), parent_sha256=file_sha256(a.ckpt)))
+            # parent_sha256: this file's parent is --ckpt, so a run folder that holds both resumes
+            # without rebuilding it
+            save_checkpoint(a.out, model, dict({k: meta[k] for k in ("task", "seed") if k in meta}, stage="rl",
+                                               block_size=a.block_size, rl_history=hist, parent=os.path.abspath(a.ckpt),
+                                               parent_sha256=file_sha256(a.ckpt)))
             print(f"saved {a.out}")
         dist.barrier()
     except (CheckpointError, DataError, FloatingPointError) as e:
-        sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why
+        dist.fail(f"error: {e}")  # every rank fails alike; rank 0 says why
     dist.close()
 
 

@@ -67,7 +67,9 @@ def ar_loss(model, prompts, answers, lens, part=slice(None)):
     `part` picks this rank's rows of the batch. Returns ce_sum's (sum, count)."""
     prompts, answers, lens = prompts[part], answers[part], lens[part]
     P = prompts.shape[1]
-    seq = torch.cat([prompts, answers], 1)
+    # Causal attention: a position never sees a later one, so the eos fill after the batch's
+    # longest answer changes no loss term and is cut off (the same loss, from fewer positions).
+    seq = torch.cat([prompts, answers[:, :int(lens.max()) if len(lens) else 0]], 1)
     tgt = seq[:, 1:].clone()
     j = torch.arange(1, seq.shape[1], device=seq.device)[None, :] - P  # answer index of each target
     tgt[(j < 0) | (j >= lens[:, None])] = -1
@@ -158,7 +160,7 @@ def finite(model) -> bool:
     """Are all weights finite? Checked after every optimiser step of every stage: a finite
     loss and gradient norm do not guarantee it (a huge learning rate overflows the update
     itself), and a blown-up model otherwise dies later, deep inside the sampler or the loss."""
-    return all(torch.isfinite(p).all() for p in model.parameters())
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())  # one host sync
 
 
 def blew_up(where: str, what: str, flag: str, lr: float) -> FloatingPointError:
@@ -317,7 +319,7 @@ def main():
                                   block_mix=mix)
             save(os.path.join(a.out, f"sft{a.block_size}.pt"), model, meta, t0)
     except (CheckpointError, DataError, FloatingPointError) as e:
-        sys.exit(f"error: {e}" if dist.is_main() else 1)  # every rank fails alike; rank 0 says why
+        dist.fail(f"error: {e}")  # every rank fails alike; rank 0 says why
     dist.close()
 
 

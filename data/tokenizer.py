@@ -34,8 +34,7 @@ def get_tokenizer() -> tiktoken.Encoding:
 def decode(ids) -> str:
     """Decode answer-area ids: stop at the first <|eos|>, show masks as '_', drop pads."""
     out = []
-    for i in ids:
-        i = int(i)
+    for i in (ids.tolist() if hasattr(ids, "tolist") else ids):  # one conversion, not one per token
         if i == EOS_ID:
             break
         if i == MASK_ID:

@@ -571,3 +571,13 @@ def test_bad_seeds_fail_in_one_line(tmp_path):
         line = one_error_line(curriculum("--seeds", seeds, "--out", str(tmp_path / "s")))
         assert "--seeds" in line
     assert not (tmp_path / "s").exists()
+
+
+def test_no_compile_reaches_the_sampler(monkeypatch):
+    """--no-compile makes every decode of the run eager (sample.decode_blocks reads sample.COMPILE)."""
+    import sample
+    monkeypatch.setattr(sample, "COMPILE", True)
+    _parsed(monkeypatch, "--quick")
+    assert sample.COMPILE is True
+    _parsed(monkeypatch, "--quick", "--no-compile")
+    assert sample.COMPILE is False

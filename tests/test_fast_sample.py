@@ -110,10 +110,20 @@ def test_stats_count_forwards_and_syncs(tiny32, prompts):
     assert stats["syncs"] == stats["forwards"] + entered
 
 
+@pytest.fixture
+def no_tf32():
+    """CUDA twins compare fp32 log-probs at atol 1e-5: TF32 matmuls (10-bit mantissa, on by
+    default in some images) would move them by ~1e-3, so the CUDA tests switch TF32 off."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("compile", [False, True])
 @pytest.mark.parametrize("rule,threshold,temperature,steps", CASES)
-def test_fast_path_equals_generate_cuda(tiny32, prompts, rule, threshold, temperature, steps, compile):
+def test_fast_path_equals_generate_cuda(tiny32, prompts, rule, threshold, temperature, steps, compile, no_tf32):
     import copy
     model = copy.deepcopy(tiny32).cuda()
     p = prompts.cuda()
@@ -143,3 +153,65 @@ def test_sample_cli_fast_prints_what_eager_prints(tiny32, tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append([line.split("  (")[0] for line in r.stdout.splitlines()])  # drop the "(0.12s)"
     assert outs[0] == outs[1] and any(line.startswith("  forward") for line in outs[0])
+
+
+# ----------------------------------------------------------------------------- sample.decode_blocks: which one runs
+
+def test_decode_runs_the_compiled_step_where_told_and_eager_with_no_compile(monkeypatch, tiny32, prompts):
+    """sample.decode_blocks takes generate_fast's compiled step on the devices in COMPILED_ON (here the
+    CPU, for the test) unless COMPILE is off; the tokens are generate's either way."""
+    import sample
+    calls = []
+
+    def spy(device_type):
+        return lambda *args: calls.append(1) or sample._denoise_step(*args)
+    monkeypatch.setattr(sample, "compiled_step", spy)
+    monkeypatch.setattr(sample, "COMPILED_ON", {"cpu"})
+    monkeypatch.setattr(sample, "_broken", [])
+    g = lambda: torch.Generator().manual_seed(2)
+    ref = generate(tiny32, prompts, 8, "dynamic", 0.3, None, 1.0, g())
+    _assert_same(ref, sample.decode_blocks(tiny32, prompts, 8, "dynamic", 0.3, None, 1.0, g()))
+    assert calls
+    calls.clear()
+    monkeypatch.setattr(sample, "COMPILE", False)
+    _assert_same(ref, sample.decode_blocks(tiny32, prompts, 8, "dynamic", 0.3, None, 1.0, g()))
+    assert not calls
+
+
+def test_decode_falls_back_to_eager_in_one_line(monkeypatch, capsys, tiny32, prompts):
+    """When torch.compile cannot build, decode says so in one line, decodes eagerly with the
+    random stream rewound (the same tokens as generate), and never tries again."""
+    import sample
+
+    def broken(device_type):
+        def step(*args):
+            raise RuntimeError("InductorError: no working C compiler\nlong trace ...")
+        return step
+    monkeypatch.setattr(sample, "compiled_step", broken)
+    monkeypatch.setattr(sample, "COMPILED_ON", {"cpu"})
+    monkeypatch.setattr(sample, "COMPILE", True)
+    monkeypatch.setattr(sample, "_broken", [])
+    g = lambda: torch.Generator().manual_seed(3)
+    ref = generate(tiny32, prompts, 8, "dynamic", 0.3, None, 1.0, g())
+    _assert_same(ref, sample.decode_blocks(tiny32, prompts, 8, "dynamic", 0.3, None, 1.0, g()))
+    _assert_same(ref, sample.decode_blocks(tiny32, prompts, 8, "dynamic", 0.3, None, 1.0, g()))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch.compile failed" in err[0] and "no working C compiler" in err[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_on_cuda_is_the_compiled_sampler_and_equals_generate_cuda(monkeypatch, tiny32, prompts, no_tf32):
+    """On CUDA sample.decode_blocks (rollouts, evaluation) runs generate_fast's compiled step: the
+    tokens are the eager sampler's."""
+    import copy
+    import sample
+    monkeypatch.setattr(sample, "COMPILE", True)
+    monkeypatch.setattr(sample, "_broken", [])
+    calls = []
+    real = sample.compiled_step
+    monkeypatch.setattr(sample, "compiled_step", lambda d: calls.append(d) or real(d))
+    model, p = copy.deepcopy(tiny32).cuda(), prompts.cuda()
+    g = lambda: torch.Generator(device="cuda").manual_seed(4)
+    _assert_same(generate(model, p, 8, "dynamic", 0.3, None, 1.0, g()),
+                 sample.decode_blocks(model, p, 8, "dynamic", 0.3, None, 1.0, g()))
+    assert calls == ["cuda"] and not sample._broken

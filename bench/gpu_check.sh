@@ -57,11 +57,11 @@ LADDER_S=$(( $(date +%s) - t0 ))
     echo
     echo "Decode speed (bench/bench_decode.py; random weights):"
     echo
-    grep -E "^\| (device|---|$DEV)" "$OUT/decode.md" || tail -3 "$OUT/decode.md"
+    grep -E "^\|( device|---| $DEV)" "$OUT/decode.md" || tail -3 "$OUT/decode.md"
     echo
     echo "The ladder's table (greedy θ 0.9 / mean@3 / static; accuracy % / TPF) and where its time went:"
     echo
-    grep -E "^\| (checkpoint|---|sft|tstar|direct|norl|phase|ar |all )" "$OUT/ladder/results.md" 2>/dev/null \
+    grep -E "^\|( checkpoint|---| sft| tstar| direct| norl| phase| ar | all )" "$OUT/ladder/results.md" 2>/dev/null \
         || tail -5 "$OUT/ladder.log"
 } > "$OUT/gpu_check.md"
 cat "$OUT/gpu_check.md"

@@ -52,7 +52,7 @@ from model import (CheckpointError, GPTConfig, add_model_args, config_from_args,
                    pick_device, save_checkpoint, write_json)
 from tracerl import RLConfig, add_rl_args, run_tracerl
 from report import aggregate, pictures, report
-from train import AR_STEPS, SFT_STEPS, run_ar, run_sft, tail_mix, window_for
+from train import AR_STEPS, SFT_STEPS, release_memory, run_ar, run_sft, tail_mix, window_for
 
 # Every budget of the job, in one place (docs/design.md §8 says how each was chosen); a flag
 # typed on the command line wins over its preset's value.
@@ -167,6 +167,7 @@ class Run:
         parent, its file's sha256 goes into the sidecar (see `have`)."""
         if parent is not None:
             meta = dict(meta, parent_sha256=self.digest(parent))
+        release_memory()  # a phase ends: what it freed goes back to the OS
         if dist.is_main():
             save_checkpoint(self.path(name), model, meta)
             print(f"saved {self.path(name)}", flush=True)

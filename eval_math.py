@@ -46,6 +46,7 @@ import dist
 from data.task import DataError, check_fit, encode_prompts, is_correct, load_task, read_jsonl, task_tensors
 from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device, training_input, write_json
+from train import release_memory
 import sample
 from sample import RULES, decode_blocks, generate, generate_ar
 import plots
@@ -239,6 +240,7 @@ def evaluate_all(run, names, stages, test_set, plan: EvalPlan, seed, distance: i
             print(f"eval {name:>9} @ B={B:<3} {how:>14}: acc {100 * row['accuracy']:5.1f}%  "
                   f"TPF {row['tpf']:.2f}", flush=True)
         results += [cache[key(B, rule, t)] for B, rule, t in jobs]
+        release_memory()
         if dist.is_main():  # after every checkpoint: a run killed mid-evaluation keeps what it did
             write_json(cache_path, cache)
     return results

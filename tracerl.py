@@ -55,7 +55,7 @@ from model import CheckpointError, attention_mask, file_sha256, load_checkpoint,
     training_input
 import sample
 from sample import commit_order, decode_blocks, policy_logprobs, show_decoding
-from train import blew_up, finite
+from train import blew_up, finite, release_memory
 from value import Critic, token_advantages, value_loss
 
 
@@ -586,6 +586,7 @@ def run_tracerl(model, problems, cfg: RLConfig, name="rl", seed=0, on_step=None,
             raise blew_up(f"{name} step {i + 1}", str(e), "--lr", cfg.lr) from None
         log["lr"] = lr
         hist.append(log)
+        release_memory()  # freed rollouts and rows back to the OS: else the resident memory only grows
         extra = f" | vloss {log['vloss']:.4f}" if critic is not None else ""
         extra += f" | ref-kl {log['ref_kl']:.5f}" if ref is not None else ""
         print(f"{name} step {i + 1:3d}/{cfg.steps} | reward {log['reward']:.3f} | kept {log['kept']:2d}/"

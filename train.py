@@ -25,6 +25,7 @@ Also ours: `--sft-block-mix` draws each SFT batch at a block size from a mix (th
 docs/design.md §4): a base that keeps most of its accuracy at bigger blocks, as the paper's do.
 """
 import argparse
+import ctypes
 import math
 import os
 import sys
@@ -154,6 +155,17 @@ def window_for(B0: int, window):
         raise ValueError(f"--mask-window {window} would hide masks inside the {B0}-token blocks of "
                          f"the B={B0} base and change it; use {B0 - 1} (or -1 = off)")
     return window
+
+
+def release_memory():
+    """Hand the heap memory Python and torch freed back to the OS (glibc's malloc_trim; a no-op
+    elsewhere). CPU tensors of ever-changing shapes (rollouts, packed rows) leave the heap
+    fragmented, and without this the resident memory only grows: 0.63 -> 1.05 GB over 40 RL steps
+    at B=16, flat at 0.36 GB with it (docs/experiments.md)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def finite(model) -> bool:

@@ -39,7 +39,6 @@ files everywhere. Evaluation jobs (checkpoint x B x rule) are dealt out across r
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import asdict
 
@@ -251,10 +250,11 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
         if progress:  # a point is 1 + 3 decodes of the test split: the evaluation's rate
             progress.decode_secs = curve_secs[0] / 4
 
-        def on_step(i, m):
+        def timed_record(i, m):  # the curve's decodes, timed for the phase table
             t = time.time()
             record(i, m)
             curve_secs[0] += time.time() - t
+        on_step = timed_record
     t0 = time.time()
     hist = run_tracerl(model, problems, cfg, name=name, seed=seed, on_step=on_step,
                        eta=progress.eta(name, steps) if progress else None)

@@ -645,8 +645,8 @@ def explain(model, problems, cfg: RLConfig, seed: int = 0, tries: int = 20, colo
           f"(sample.generate; [x] = committed by that forward, _ = still masked, | = block boundary):")
     print(show_decoding(tokens, fwd, cfg.block_size, color))
     rounds = round_index(fwd, cfg.block_size, cfg.shrink)
-    print(f"\n4. its trace rows (trace_rows): round r masks what each block committed at its r-th step or "
-          f"later (_) and targets the r-th step's tokens ([x]), in every block at once:")
+    print("\n4. its trace rows (trace_rows): round r masks what each block committed at its r-th step or "
+          "later (_) and targets the r-th step's tokens ([x]), in every block at once:")
     print(show_decoding(tokens, torch.where(rounds < 10 ** 6, rounds, -1), cfg.block_size, color, label="round"))
     print(f"\n5. its target tokens (policy_loss): log-prob under the sampler (pi_old), weight w = 1/(L_resp n_resp) "
           f"with L_resp = {int((fwd >= 0).sum())}, n_resp = {len(resp)}; term = w (−rho A + β k3), rho = "

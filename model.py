@@ -161,9 +161,10 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.len = 0
 
-    def past(self):
-        """The written part, as GPT.hidden's past_k, past_v."""
-        return self.k[:, :, :, :self.len], self.v[:, :, :, :self.len]
+    def past(self, rows=None):
+        """The written part, as GPT.hidden's past_k, past_v (of the batch rows `rows` only, if given)."""
+        k, v = self.k[:, :, :, :self.len], self.v[:, :, :, :self.len]
+        return (k, v) if rows is None else (k[:, rows], v[:, rows])
 
     def append(self, keys, values, n: int):
         """Write the first n positions of a forward's per-layer keys/values (GPT.hidden's
@@ -296,18 +297,23 @@ class GPT(nn.Module):
                                    ignore_index=-1)
         return logits, loss
 
-    def decode_step(self, cache: KVCache, pending, pending_bid: int, block, block_bid: int):
+    def decode_step(self, cache: KVCache, pending, pending_bid: int, block, block_bid: int, rows=None):
         """One cached denoising step. `pending` [N, Tp] are clean tokens not yet in the
         cache (the prompt, block -1, or the block just finished, or nothing); their
         keys/values are written to the cache. `block` [N, Tb] is the noisy block being
         denoised; it attends to the cache, the pending tokens and itself, and is not
         cached. Fusing the KV write of a finished block into the next block's first
         denoising step means every forward counted in TPF also denoises.
+        rows: None, or the cache rows the block's rows are (a step of only the rows that
+        still have masks; it writes nothing, so it takes no pending tokens).
         Returns the block's logits [N, Tb, V]."""
         L, Tp = cache.len, pending.shape[1]
+        assert rows is None or Tp == 0, "a step of some rows cannot write pending tokens to the cache"
         pos, mask = cached_step_layout(L, Tp, pending_bid, block.shape[1], block_bid, L, pending.device)
-        x, keys, values = self.hidden(torch.cat([pending, block], 1), pos, mask, *cache.past())
-        cache.append(keys, values, Tp)
+        x, keys, values = self.hidden(torch.cat([pending[:block.shape[0]], block], 1), pos, mask,
+                                      *cache.past(rows))
+        if Tp:
+            cache.append(keys, values, Tp)
         return self.head(x[:, Tp:])
 
     def decode_ar(self, cache: KVCache, tokens):

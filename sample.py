@@ -23,11 +23,12 @@ For every generated token we record the sequence's forward index at which it was
 committed (`fwd`, the trace: TraceRL's "step map") and its log-probability under the sampling
 policy. A sequence stops as soon as it has committed <|eos|> with no mask before it;
 TPF = tokens up to and including that eos / forwards the sequence took part in.
-Simplified from the paper's stack: no remasking, lockstep batches (a forward runs while
-any row of the batch still has masks; rows that are done do not count it).
+Simplified from the paper's stack: no remasking, lockstep batches (the batch moves to the
+next block together; inside a block a step runs only the rows that still have masks there,
+and only those count it). Sampling draws one uniform per position (inverse CDF).
 
 Two implementations of one sampler, same outputs for the same seed (tests/test_fast_sample.py):
-`generate` is the one to read (eager, drops finished rows, builds each step's mask);
+`generate` is the one to read (eager, runs only the rows a step needs, builds each step's mask);
 `generate_fast` keeps every shape static (fixed batch, full-length preallocated cache, masks
 precomputed per block) and runs each step as one torch.compile'd function, a CUDA graph on
 GPU. bench/bench_decode.py measures both against `generate_ar`.

@@ -97,3 +97,37 @@ def test_ar_cached_decoding_equals_uncached_greedy(tiny_model, prompts, tiny_cfg
         n = int(out["n_gen"][i])
         assert torch.equal(out["tokens"][i, :n], ref[i, :n])
     assert (out["nfe"] == out["n_gen"]).all()  # one token per forward
+
+
+def test_sample_tokens_draws_the_distribution_and_never_a_zero_probability_token():
+    """Inverse-CDF sampling: frequencies match the probabilities, a token of probability 0 (as
+    <|mask|> and <|pad|> are) is never drawn, not even at the ends of the uniform's range."""
+    from sample import sample_tokens
+    p = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0])
+    lp = p.log().expand(200_000, -1)
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    freq = torch.bincount(sample_tokens(lp, u), minlength=6).double() / len(u)
+    assert torch.allclose(freq, p.double(), atol=0.005)
+    ends = sample_tokens(p.log().expand(3, -1), torch.tensor([0.0, 0.5, 1 - 2 ** -53], dtype=torch.float64))
+    assert ends.tolist() == [1, 1, 4]
+
+
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_a_step_runs_only_the_rows_that_need_it(monkeypatch, tiny_model, prompts, block_size):
+    """Inside a block only the rows that still have masks run a forward: the rows fed to the
+    model over the whole decode add up to the forwards the rows count (nfe), and the output is
+    the one a full-batch decode gives (generate_fast keeps its whole batch)."""
+    from model import GPT
+    from sample import generate_fast
+    fed = []
+    step = GPT.decode_step
+    monkeypatch.setattr(GPT, "decode_step", lambda self, cache, pending, pbid, blk, b, rows=None:
+                        fed.append(blk.shape[0]) or step(self, cache, pending, pbid, blk, b, rows))
+    g = lambda: torch.Generator().manual_seed(0)
+    out = generate(tiny_model, prompts, block_size, "dynamic", 0.5, temperature=1.0, generator=g())
+    assert sum(fed) == int(out["nfe"].sum())
+    assert len(fed) > 0 and min(fed) < prompts.shape[0]  # some step ran a part of the batch
+    full = generate_fast(tiny_model, prompts, block_size, "dynamic", 0.5, temperature=1.0, generator=g(),
+                         compile=False)
+    for k in ("tokens", "fwd", "nfe", "n_gen"):
+        assert torch.equal(out[k], full[k]), k

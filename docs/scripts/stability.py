@@ -1,0 +1,45 @@
+"""Stability figures of RL stages from their recorded curves (docs/experiments.md E48).
+
+    python docs/scripts/stability.py runs/b32/ladder           # reads runs/b32/ladder/seed*/{tstar*,direct*}.pt.json
+
+For every RL stage and direct with a curve (curriculum.py --curve-every / --stage-curve-every): per run,
+its start (the curve's step 0, at the stage's own block size), how far below the start it falls at its
+worst curve point (greedy and mean@3, in points), and the spread of the rollout reward over the last third
+of its steps (standard deviation and min-max). Then per method: how many runs fall >= 5 points below
+their start at any curve point (greedy or mean@3), and the largest drop.
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+runs = {}
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "seed*", "*.pt.json"))):
+    m = json.load(open(f))
+    name = os.path.basename(f)[:-len(".pt.json")]
+    if m.get("curve") and m.get("rl_history"):
+        runs.setdefault(name, []).append((m["seed"], m))
+
+print("| method | seed | B | start greedy / mean@3 | worst drop greedy / mean@3 | points | reward last third: sd (min-max) |")
+print("|---|---|---|---|---|---|---|")
+summary = {}
+for name, ms in runs.items():
+    for seed, m in ms:
+        c, rw = m["curve"], [h["reward"] for h in m["rl_history"]]
+        g0, m0 = c[0]["greedy"], c[0]["mean"]
+        dg = max(g0 - p["greedy"] for p in c)
+        dm = max(m0 - p["mean"] for p in c)
+        tail = rw[len(rw) - max(1, len(rw) // 3):]
+        sd = statistics.pstdev(tail)
+        print(f"| {name} | {seed} | {m['block_size']} | {g0:.1f} / {m0:.1f} | {dg:.1f} / {dm:.1f} | {len(c)} | "
+              f"{sd:.3f} ({min(tail):.3f}-{max(tail):.3f}) |")
+        s = summary.setdefault(name, dict(runs=0, fell=0, worst=0.0, sd=[]))
+        s["runs"] += 1
+        s["fell"] += max(dg, dm) >= 5
+        s["worst"] = max(s["worst"], dg, dm)
+        s["sd"].append(sd)
+print("\n| method | runs | runs >= 5 points below start | largest drop | reward sd, last third (mean) |")
+print("|---|---|---|---|---|")
+for name, s in summary.items():
+    print(f"| {name} | {s['runs']} | {s['fell']} | {s['worst']:.1f} | {sum(s['sd']) / len(s['sd']):.3f} |")

@@ -65,13 +65,15 @@ from train import AR_STEPS, SFT_STEPS, release_memory, run_ar, run_sft, tail_mix
 #          Not yet measured on a GPU (none has been lent to this repo); tests run it on CPU.
 CPU = dict(n_layer=4, n_head=4, n_embd=128, batch_size=64, ar_steps=AR_STEPS, sft_steps=SFT_STEPS,
            ar_lr=1e-3, sft_lr=1e-3, first_stage_steps=150, first_stage_prompts=64, first_stage_lr=1e-4,
-           first_stage_lr_schedule="cosine", stage_steps=30, n_prompts=32, k=8, lr=3e-5, curve_every=25)
+           first_stage_lr_schedule="cosine", stage_steps=30, n_prompts=32, k=8, lr=3e-5, curve_every=25,
+           micro_batch=16)
 PRESETS = {
     "cpu": CPU,
     "quick": dict(CPU, ar_steps=150, sft_steps=100, first_stage_steps=2, first_stage_prompts=8, stage_steps=3,
                   n_prompts=8, k=4),
     "gpu": dict(CPU, n_layer=8, n_head=8, n_embd=320, batch_size=256, ar_steps=8000, sft_steps=4000,
-                first_stage_steps=150, first_stage_prompts=128, stage_steps=100, n_prompts=64, k=16, curve_every=10),
+                first_stage_steps=150, first_stage_prompts=128, stage_steps=100, n_prompts=64, k=16, curve_every=10,
+                micro_batch=64),
 }
 # Accepted but not listed by --help (which stays one screen): the off-default RL options
 # (tracerl.py --help explains them) and the rarely changed knobs.

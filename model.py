@@ -310,8 +310,7 @@ class GPT(nn.Module):
         L, Tp = cache.len, pending.shape[1]
         assert rows is None or Tp == 0, "a step of some rows cannot write pending tokens to the cache"
         pos, mask = cached_step_layout(L, Tp, pending_bid, block.shape[1], block_bid, L, pending.device)
-        x, keys, values = self.hidden(torch.cat([pending[:block.shape[0]], block], 1), pos, mask,
-                                      *cache.past(rows))
+        x, keys, values = self.hidden(torch.cat([pending, block], 1), pos, mask, *cache.past(rows))
         if Tp:
             cache.append(keys, values, Tp)
         return self.head(x[:, Tp:])

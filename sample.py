@@ -216,7 +216,7 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             every = bool(need.all())
             rows = slice(None) if every else need.nonzero().squeeze(1)
             at = alive[rows]  # their batch indices
-            logits = model.decode_step(cache, pending, pending_bid, blk[rows], b,
+            logits = model.decode_step(cache, pending[rows], pending_bid, blk[rows], b,
                                        None if every else rows).float()
             # weights blown up by an update: say so, not nonsense tokens (-inf is fine:
             # GPT.head's <|mask|> and <|pad|> logits)

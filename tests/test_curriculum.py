@@ -233,8 +233,8 @@ def _half_right(text, gold, finished=True):
 @pytest.fixture(scope="module")
 def graded_run(tmp_path_factory):
     """The tiny ladder run in-process by curriculum.main with `_half_right` grading rollouts and
-    evaluation, a first stage of 3 steps (the others 2) at a rate that moves the weights, and a
-    record of each RL stage's seed and first rollouts. Returns (out, stdout, metas, results, first)
+    evaluation, a first stage of 3 steps (the others 2) at a rate that moves the weights, the later
+    stages' and direct's curves every 2 steps (--stage-curve-every), and a record of each RL stage's seed and first rollouts. Returns (out, stdout, metas, results, first)
     with first[name] = (seed, rollouts of the stage's first step)."""
     import contextlib
     import io
@@ -262,7 +262,7 @@ def graded_run(tmp_path_factory):
         mp.setattr(curriculum, "run_tracerl", run_spy)
         mp.setattr(tracerl, "rollout", rollout_spy)
         mp.setattr(sys, "argv", ["curriculum.py", *_flags(first_stage_steps=3, first_stage_lr=1e-2),
-                                 "--sweep-thresholds", "", "--out", out])
+                                 "--sweep-thresholds", "", "--stage-curve-every", "2", "--out", out])
         try:
             curriculum.main()
         finally:
@@ -285,6 +285,22 @@ def test_curve_ends_are_the_tables_cells(graded_run):
         assert 0 < point["greedy"] < 100 and 0 < point["mean"] < 100, point
     assert (curve[0]["greedy"], curve[0]["mean"], curve[0]["tpf"]) != \
         (curve[-1]["greedy"], curve[-1]["mean"], curve[-1]["tpf"])
+
+
+def test_later_stages_and_direct_record_their_curves_at_their_own_block_size(graded_run):
+    """--stage-curve-every 2: tstar8 (2 steps) and direct8 (T*'s 5) record their curves at B=8, at
+    step 0 and every 2 steps. tstar8's starts where tstar4 ended at B=8 and ends at its own B=8
+    cells; direct8's starts at sft4's B=8 cells (its parent)."""
+    _, _, metas, rows, _ = graded_run
+    cell = lambda name: (100 * rows[(name, 8, "dynamic", 0.9)]["accuracy"],
+                         100 * rows[(name, 8, "sampled", 0.9)]["accuracy"], rows[(name, 8, "dynamic", 0.9)]["tpf"])
+    point = lambda c: (c["greedy"], c["mean"], c["tpf"])
+    t8, d8 = metas["tstar8"]["curve"], metas["direct8"]["curve"]
+    assert [c["step"] for c in t8] == [0, 2] and [c["step"] for c in d8] == [0, 2, 4]
+    assert len(metas["direct8"]["rl_history"]) == 5
+    assert (point(t8[0]), point(t8[-1])) == (cell("tstar4"), cell("tstar8"))
+    assert point(d8[0]) == cell("sft4")
+    assert metas["tstar8"]["curve_seconds"] > 0 and metas["direct8"]["curve_seconds"] > 0
 
 
 def test_no_rl_stage_takes_as_many_steps_as_the_tstar_stage(graded_run):

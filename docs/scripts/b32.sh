@@ -13,6 +13,11 @@
 #       layout), the SFT sidecar naming ar.pt's bytes as its parent, so that
 #       `python curriculum.py --stages 4,8,16,32 --out LADDER --seeds ...` trains its RL stages from
 #       this base instead of building its own (the sidecar's block_mix says which base it is).
+#   docs/scripts/b32.sh reuse SRC DEST NAME...
+#       copies the named checkpoints of the seed folder SRC (with their sidecars, so each
+#       still names its parent's bytes) and SRC's evaluation cache eval.json into DEST, so that a
+#       curriculum run into DEST with other flags keeps them (curriculum.Run.have) and decodes
+#       only what it trains anew (eval.json is keyed by each checkpoint's sha256).
 set -e
 cmd=$1; s=$2; shift 2
 out=runs/b32/base/seed$s
@@ -42,6 +47,11 @@ import json, sys; sys.path.insert(0, '.')
 from model import file_sha256
 p = '$dest/sft4.pt.json'; m = json.load(open(p))
 m.update(parent_sha256=file_sha256('$dest/ar.pt'), method='sft'); json.dump(m, open(p, 'w'), indent=1)"
+elif [ "$cmd" = reuse ]; then
+  dest=$1; shift
+  mkdir -p $dest
+  for n in "$@"; do cp $s/$n.pt $s/$n.pt.json $dest/; done
+  cp $s/eval.json $dest/
 else
-  echo "usage: $0 base SEED SHARE... | place SEED SHARE LADDER" >&2; exit 2
+  echo "usage: $0 base SEED SHARE... | place SEED SHARE LADDER | reuse SRC DEST NAME..." >&2; exit 2
 fi

@@ -1,12 +1,14 @@
 """Stability figures of RL stages from their recorded curves (docs/experiments.md E48).
 
     python docs/scripts/stability.py runs/b32/ladder           # reads runs/b32/ladder/seed*/{tstar*,direct*}.pt.json
+    python docs/scripts/stability.py runs/b32/ladder runs/lr3  # several ladders, one table
 
 For every RL stage and direct with a curve (curriculum.py --curve-every / --stage-curve-every): per run,
 its start (the curve's step 0, at the stage's own block size), how far below the start it falls at its
 worst curve point (greedy and mean@3, in points), and the spread of the rollout reward over the last third
 of its steps (standard deviation and min-max). Then per method: how many runs fall >= 5 points below
-their start at any curve point (greedy or mean@3), and the largest drop.
+their start at any curve point (greedy or mean@3), and the largest drop; "T* (any stage)" counts a
+seed's T* ladder as fallen when any of its stages with a curve fell.
 """
 import glob
 import json
@@ -15,11 +17,15 @@ import statistics
 import sys
 
 runs = {}
-for f in sorted(glob.glob(os.path.join(sys.argv[1], "seed*", "*.pt.json"))):
-    m = json.load(open(f))
-    name = os.path.basename(f)[:-len(".pt.json")]
-    if m.get("curve") and m.get("rl_history"):
-        runs.setdefault(name, []).append((m["seed"], m))
+for folder in sys.argv[1:]:
+    found = sorted(glob.glob(os.path.join(folder, "seed*", "*.pt.json")))
+    if not found:
+        sys.exit(f"error: no seed*/*.pt.json under {folder}")
+    for f in found:
+        m = json.load(open(f))
+        name = os.path.basename(f)[:-len(".pt.json")]
+        if m.get("curve") and m.get("rl_history"):
+            runs.setdefault(f"{folder}: {name}" if len(sys.argv) > 2 else name, []).append((m["seed"], m))
 
 print("| method | seed | B | start greedy / mean@3 | worst drop greedy / mean@3 | points | reward last third: sd (min-max) |")
 print("|---|---|---|---|---|---|---|")
@@ -39,7 +45,14 @@ for name, ms in runs.items():
         s["fell"] += max(dg, dm) >= 5
         s["worst"] = max(s["worst"], dg, dm)
         s["sd"].append(sd)
+        if "tstar" in name:  # the whole T* ladder of this seed
+            t = summary.setdefault(name.split("tstar")[0] + "T* (any stage)", dict(seeds={}, worst=0.0, sd=[]))
+            t["seeds"][seed] = t["seeds"].get(seed, False) or max(dg, dm) >= 5
+            t["worst"] = max(t["worst"], dg, dm)
+            t["sd"].append(sd)
 print("\n| method | runs | runs >= 5 points below start | largest drop | reward sd, last third (mean) |")
 print("|---|---|---|---|---|")
-for name, s in summary.items():
+for name, s in sorted(summary.items(), key=lambda kv: "T*" in kv[0]):  # the whole-ladder rows last
+    if "seeds" in s:
+        s.update(runs=len(s["seeds"]), fell=sum(s["seeds"].values()))
     print(f"| {name} | {s['runs']} | {s['fell']} | {s['worst']:.1f} | {sum(s['sd']) / len(s['sd']):.3f} |")

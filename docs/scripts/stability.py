@@ -2,6 +2,7 @@
 
     python docs/scripts/stability.py runs/b32/ladder           # reads runs/b32/ladder/seed*/{tstar*,direct*}.pt.json
     python docs/scripts/stability.py runs/b32/ladder runs/lr3  # several ladders, one table
+    python docs/scripts/stability.py runs/lr3 --skip tstar4    # leave out a stage (here: reused at the default lr)
 
 For every RL stage and direct with a curve (curriculum.py --curve-every / --stage-curve-every): per run,
 its start (the curve's step 0, at the stage's own block size), how far below the start it falls at its
@@ -17,16 +18,19 @@ import os
 import statistics
 import sys
 
+args = sys.argv[1:]
+skip = set(args[args.index("--skip") + 1].split(",")) if "--skip" in args else set()
+folders = [x for i, x in enumerate(args) if x != "--skip" and (i == 0 or args[i - 1] != "--skip")]
 runs = {}
-for folder in sys.argv[1:]:
+for folder in folders:
     found = sorted(glob.glob(os.path.join(folder, "seed*", "*.pt.json")))
     if not found:
         sys.exit(f"error: no seed*/*.pt.json under {folder}")
     for f in found:
         m = json.load(open(f))
         name = os.path.basename(f)[:-len(".pt.json")]
-        if m.get("curve") and m.get("rl_history"):
-            runs.setdefault(f"{folder}: {name}" if len(sys.argv) > 2 else name, []).append((m["seed"], m))
+        if m.get("curve") and m.get("rl_history") and name not in skip:
+            runs.setdefault(f"{folder}: {name}" if len(folders) > 1 else name, []).append((m["seed"], m))
 
 print("| method | seed | B | start greedy / mean@3 | worst drop greedy / mean@3 | fall from a peak | points | "
       "reward last third: sd (min-max) |")

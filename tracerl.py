@@ -685,7 +685,7 @@ def add_rl_args(ap):
     g.add_argument("--temperature", type=positive_temperature, default=1.0,
                    help="rollout sampling temperature; the update's log-probs are of the same tempered policy")
     # 16 on CPU: the update's activations for 64 packs of up to 128 tokens set a run's peak memory,
-    # and 16 is no slower there (docs/experiments.md E48); the gpu preset takes 64
+    # and 16 is no slower there (docs/experiments.md, the update's micro-batch); the gpu preset takes 64
     g.add_argument("--micro-batch", type=int, default=16,
                    help="packed trace-row sequences per forward (gradients accumulate into one step)")
     o = ap.add_argument_group("TraceRL options, off by default")

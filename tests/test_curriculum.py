@@ -234,8 +234,8 @@ def _half_right(text, gold, finished=True):
 def graded_run(tmp_path_factory):
     """The tiny ladder run in-process by curriculum.main with `_half_right` grading rollouts and
     evaluation, a first stage of 3 steps (the others 2) at a rate that moves the weights, the later
-    stages' and direct's curves every 2 steps (--stage-curve-every), and a record of each RL stage's seed and first rollouts. Returns (out, stdout, metas, results, first)
-    with first[name] = (seed, rollouts of the stage's first step)."""
+    stages' and direct's curves every 2 steps (--stage-curve-every), and a record of each RL stage's
+    seed and first rollouts. Returns (out, stdout, metas, results, first) with first[name] = (seed, rollouts of the stage's first step)."""
     import contextlib
     import io
     import curriculum

@@ -64,11 +64,16 @@ for s, rows in runs.items():
                              best_tpf=best["tpf"] if best else None, m_above=m["tpf"] > floor)
 
 
+def mean(vals):  # over the seeds that have a value (no decode above the floor: None)
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 def agg(vals, fmt="{:.1f}"):
     vals = [v for v in vals if v is not None]
     if not vals:
         return "-"
-    return f"{fmt.format(sum(vals) / len(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+    return f"{fmt.format(mean(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
 
 
 labels = list(dict.fromkeys(k[0] for k in per))
@@ -81,7 +86,7 @@ for label in labels:
     f = [per[label, s] for s in seeds if (label, s) in per]
     print(f"| {label} | {agg([x['g'] for x in f])} | {agg([x['m'] for x in f])} | "
           f"{sum(x['tpf'] for x in f) / len(f):.2f} / {sum(x['mtpf'] for x in f) / len(f):.2f} | "
-          f"{agg([x['best'] for x in f])} ({sum(x['best_tpf'] or 0 for x in f) / len(f):.2f}) | {len(f)} |")
+          f"{agg([x['best'] for x in f])} ({mean([x['best_tpf'] for x in f]):.2f}) | {len(f)} |")
 
 t = f"tstar{B}"
 print(f"\n| seed | vs | T* − it, greedy / mean@3 | T* − it on the frontier (greedy) | mean@3 both above the floor | "

@@ -6,21 +6,24 @@
 
 For every RL stage and direct with a curve (curriculum.py --curve-every / --stage-curve-every): per run,
 its start (the curve's step 0, at the stage's own block size), how far below the start it falls at its
-worst curve point (greedy and mean@3, in points), and the spread of the rollout reward over the last third
-of its steps (standard deviation and min-max), and how far it falls below its best earlier point (the
-largest fall from a peak, greedy / mean@3: a collapse after a gain shows here, not against the start). Then per method: how many runs fall >= 5 points below
-their start at any curve point (greedy or mean@3), and the largest drop; "T* (any stage)" counts a
+worst curve point (greedy and mean@3, in points), how far it falls below its best earlier point (the
+largest fall from a peak, greedy / mean@3: a collapse after a gain shows here, not against the start), and
+the spread of the rollout reward over the last third of its steps (standard deviation and min-max). Then
+per method: how many runs fall >= 5 points below their start at any curve point (greedy or mean@3), and the largest drop; "T* (any stage)" counts a
 seed's T* ladder as fallen when any of its stages with a curve fell.
 """
+import argparse
 import glob
 import json
 import os
 import statistics
 import sys
 
-args = sys.argv[1:]
-skip = set(args[args.index("--skip") + 1].split(",")) if "--skip" in args else set()
-folders = [x for i, x in enumerate(args) if x != "--skip" and (i == 0 or args[i - 1] != "--skip")]
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("folders", nargs="+", help="curriculum.py --seeds output folders")
+p.add_argument("--skip", default="", help="checkpoint names to leave out, e.g. tstar4")
+a = p.parse_args()
+folders, skip = a.folders, set(filter(None, a.skip.split(",")))
 runs = {}
 for folder in folders:
     found = sorted(glob.glob(os.path.join(folder, "seed*", "*.pt.json")))

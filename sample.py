@@ -37,6 +37,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import sys
 import time
 
@@ -462,6 +463,23 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
 COMPILED_ON = {"cuda"}
 COMPILE = True   # --no-compile sets it False: eager everywhere
 _broken = []     # the reason torch.compile failed, once it has
+
+
+def compile_unavailable(device_type: str):
+    """Why torch.compile cannot build here, in one line, or None if it can be tried. Inductor
+    writes C++ (CPU) or Triton kernels whose launcher is C (CUDA): both need a C compiler and
+    Python's headers. Checked up front, so a caller that needs the compiled sampler can skip it
+    with one line instead of failing deep inside its first compile."""
+    import shutil
+    import sysconfig
+    names = ("c++", "g++", "clang++") if device_type == "cpu" else ("cc", "gcc", "clang")
+    if device_type == "cpu" and os.environ.get("CXX"):
+        names = (os.environ["CXX"],) + names
+    if not any(shutil.which(n) for n in names):
+        return f"no C{'++' if device_type == 'cpu' else ''} compiler on PATH ({', '.join(names)}): torch.compile cannot build"
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        return "no Python.h (Python's development headers): torch.compile cannot build"
+    return None
 
 
 def decode_blocks(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9, steps: int = None,

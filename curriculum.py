@@ -243,19 +243,19 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
         progress.start(name)
     model, meta = run.load(parent)
     cfg = RLConfig.from_args(a, block_size=block_size, steps=steps, max_rows=max_rows, **recipe)
-    points, on_step, curve_secs = [], None, [0.0]
+    points, on_step, curve_secs, c0 = [], None, [0.0], sample.compile_seconds()
     if curve is not None and dist.is_main():  # under torchrun rank 0 alone decodes it; the others wait
         every, problems_test, eval_seed = curve
-        t = time.time()
+        t, c = time.time(), sample.compile_seconds()
         points, record = curve_recorder(model, problems_test, block_size, every, eval_seed)
-        curve_secs[0] = time.time() - t
+        curve_secs[0] = time.time() - t - (sample.compile_seconds() - c)  # compiling is its own phase
         if progress:  # a point is 1 + 3 decodes of the test split: the evaluation's rate
             progress.decode_secs = curve_secs[0] / 4
 
         def timed_record(i, m):  # the curve's decodes, timed for the phase table
-            t = time.time()
+            t, c = time.time(), sample.compile_seconds()
             record(i, m)
-            curve_secs[0] += time.time() - t
+            curve_secs[0] += time.time() - t - (sample.compile_seconds() - c)
         on_step = timed_record
     t0 = time.time()
     hist = run_tracerl(model, problems, cfg, name=name, seed=seed, on_step=on_step,
@@ -263,7 +263,8 @@ def rl_stage(run, name, parent, block_size, steps, problems, a, seed, max_rows=0
     # what the RL checkpoint inherits from its parent: the task and the seed (not the parent's
     # supervised steps, learning rate or timing, which would read as the stage's own)
     meta = dict({k: meta[k] for k in ("task", "seed") if k in meta}, stage="rl", method=name, block_size=block_size,
-                parent=parent, rl_history=hist, rl_seconds=time.time() - t0, curve=points, curve_seconds=curve_secs[0])
+                parent=parent, rl_history=hist, rl_seconds=time.time() - t0, curve=points, curve_seconds=curve_secs[0],
+                compile_seconds=sample.compile_seconds() - c0)
     run.save(name, model, meta, parent)
     return meta
 

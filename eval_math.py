@@ -48,7 +48,7 @@ from data.tokenizer import decode
 from model import CheckpointError, load_checkpoint, pick_device, training_input, write_json
 from train import release_memory
 import sample
-from sample import RULES, decode_blocks, generate, generate_ar
+from sample import RULES, compile_seconds, decode_blocks, generate, generate_ar
 import plots
 
 # The frontier sweep's thresholds: from bold (0.5 commits nearly anything a step proposes)
@@ -56,6 +56,7 @@ import plots
 # keep the sweep affordable on a CPU: each is one more decode of the test split per
 # checkpoint and block size.
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.9, 0.99)
+EVAL_BATCH = 512  # problems decoded at once (a test split of 300 is one batch)
 
 
 def sweep_jobs(thresholds=SWEEP_THRESHOLDS):
@@ -77,7 +78,7 @@ def parse_list(text: str, kind=float, what="--sweep-thresholds"):
 
 @torch.no_grad()
 def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
-             steps: int = None, batch_size: int = 512, seed: int = 0, schedule=None, distance: int = 0,
+             steps: int = None, batch_size: int = None, seed: int = 0, schedule=None, distance: int = 0,
              temperature: float = 0.0, samples: int = 1):
     """Decode `problems` at `block_size` (0 = AR) `samples` times at `temperature` (0 = greedy),
     commits limited to `distance` of the block's leftmost mask (0 = anywhere; sample.near_frontier).
@@ -91,8 +92,9 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
     a model whose sampled decodes go wrong."""
     model.eval()  # no dropout: a decode is then a function of the weights (and the sample's seed)
     dev = next(model.parameters()).device
+    batch_size = min(batch_size or EVAL_BATCH, len(problems))  # the last batch is padded to it (compiled)
     prompts = encode_prompts([p["question"] for p in problems], model.cfg.prompt_len)
-    outs, accs, t0 = [], [], time.time()
+    outs, accs, t0, c0 = [], [], time.time(), compile_seconds()
     texts, correct = [], []
     for i in range(samples):
         gen = torch.Generator(device=dev).manual_seed(seed + i) if temperature > 0 else None
@@ -106,7 +108,8 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
                     part.append(generate(model, p, block_size, rule, threshold, steps, temperature, gen,
                                          schedule=schedule, distance=distance))
                 else:
-                    part.append(decode_blocks(model, p, block_size, rule, threshold, steps, temperature, gen, distance))
+                    part.append(decode_blocks(model, p, block_size, rule, threshold, steps, temperature, gen, distance,
+                                              pad_to=batch_size))
         out = {k: torch.cat([o[k] for o in part]) for k in part[0]}
         # Graded as text, like GSM8K: the grader reads the task's '#### N' format, which is the
         # same for generated and user JSONL data. Not finished = no <|eos|> in the answer area:
@@ -119,7 +122,8 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
         accs.append(sum(c) / len(problems))
     if dev.type == "cuda":  # kernels run asynchronously: wait before reading the clock
         torch.cuda.synchronize()
-    secs = time.time() - t0
+    compile_secs = compile_seconds() - c0  # the compiled sampler's first decode at a shape: not decoding
+    secs = time.time() - t0 - compile_secs
     out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
     # TPF over every decode: every forward counts, the fused cache writes included
     # (sample.py), so TPF below 1 means the rule spent forwards on writing, not committing.
@@ -130,7 +134,8 @@ def evaluate(model, problems, block_size: int, rule: str = "dynamic", threshold:
                 temperature=temperature, samples=samples,
                 accuracy=sum(accs) / samples, acc_min=min(accs), acc_max=max(accs),
                 tpf=n_tok / out["nfe"].sum().item(),
-                tokens_per_s=n_tok / secs, seconds=secs, n=len(problems), device=dev.type, seed=seed,
+                tokens_per_s=n_tok / secs, seconds=secs, compile_seconds=compile_secs, n=len(problems),
+                device=dev.type, seed=seed,
                 texts=texts, correct=correct, out=out)
 
 

@@ -78,6 +78,11 @@ def phase_table(metas, names, results, plan):
         picked = [r["seconds"] for r in results if pick(r)]
         if picked:
             out.append((kind, sum(picked)))
+    # compiling the sampler's step (GPU decodes): kept out of the decode phases above and their tok/s
+    compiled = sum(metas[n].get("compile_seconds", 0.0) for n in names) + \
+        sum(r.get("compile_seconds", 0.0) for r in results)
+    if compiled > 0:
+        out.append(("compile (torch.compile of the sampler's step)", compiled))
     return out
 
 

@@ -51,11 +51,14 @@ from model import CheckpointError, KVCache, cached_step_layout, load_checkpoint,
 RULES = ("dynamic", "static", "ltr", "schedule")
 
 
-def policy_logprobs(logits, temperature: float):
+def policy_logprobs(logits, temperature):
     """fp32 log-probs over the vocabulary of the policy at `temperature`: the distribution a
     sampler draws from and records (greedy, temperature 0, records the plain softmax), and the
-    one traces.row_logprobs recomputes for TraceRL, so π_old equals the recomputation."""
-    return F.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
+    one tracerl.packed_logprobs recomputes for TraceRL, so π_old equals the recomputation.
+    (The compiled step passes the temperature as a tensor, already 1 where greedy.)"""
+    if not isinstance(temperature, torch.Tensor):
+        temperature = temperature or 1.0
+    return F.log_softmax(logits.float() / temperature, dim=-1)
 
 
 def draw_uniforms(shape, generator, device):
@@ -72,7 +75,8 @@ def sample_tokens(lp_all, u):
     <|mask|>). The sum is float64, where u * total < total always holds. One uniform per position,
     where torch.multinomial draws V exponentials: those were a fifth of a rollout's time."""
     cdf = lp_all.exp().double().cumsum(-1)
-    return torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp(max=lp_all.shape[-1] - 1)  # NaN logits search past the end: stay a token
 
 
 def top_k(score, cand, k: int):
@@ -90,16 +94,16 @@ def rule_args(rule: str, threshold: float, k: int):
     return math.inf, k, rule == "ltr"
 
 
-def commit_rule(conf, cand, threshold, k: int, by_index: bool):
+def commit_rule(conf, cand, threshold, k: int, by_index):
     """The commit rule, the one definition both samplers use: of the candidates cand [n, Tb],
     every one whose sampled token's probability conf [n, Tb] is >= threshold; in a row where
     none is, its k most confident candidates (by_index: its k leftmost). With `rule_args` it
-    is each of the rules in the module docstring; as one function of tensor values one
-    compiled graph serves all of them (fast_sample.py), and a new θ is not a new graph."""
+    is each of the rules in the module docstring. threshold and by_index may be 0-dim tensors:
+    then one compiled graph serves every rule and θ (generate_fast)."""
     commit = cand & (conf >= threshold)
     # ltr scores positions by -index, so top_k picks the leftmost candidates
-    score = conf if not by_index else -torch.arange(cand.shape[1], device=cand.device,
-                                                    dtype=conf.dtype).expand_as(conf)
+    left = -torch.arange(cand.shape[1], device=cand.device, dtype=conf.dtype).expand_as(conf)
+    score = torch.where(torch.as_tensor(by_index, device=cand.device), left, conf)
     return commit | (top_k(score, cand, k) & ~commit.any(1, keepdim=True))
 
 
@@ -150,17 +154,17 @@ def outputs(tokens, fwd, logp, nfe):
     return {k: v.cpu() for k, v in out.items()}
 
 
-def decode_state(cfg, N: int, dev):
-    """The buffers a block decode fills in, for N rows (`generate` and fast_sample's
-    `generate_fast`): tokens [N, A] (all <|mask|>), fwd [N, A] (-1: not committed yet),
-    logp [N, A] fp32, nfe [N], done [N] (False) and the KV cache."""
+def decode_state(cfg, N: int, dev, cache=None):
+    """The buffers a block decode fills in, for N rows (`generate` and `generate_fast`):
+    tokens [N, A] (all <|mask|>), fwd [N, A] (-1: not committed yet), logp [N, A] fp32,
+    nfe [N], done [N] (False) and the KV cache (a new one unless given)."""
     A = cfg.answer_len
     return (torch.full((N, A), MASK_ID, dtype=torch.long, device=dev),
             torch.full((N, A), -1, dtype=torch.long, device=dev),
             torch.zeros(N, A, dtype=torch.float32, device=dev),
             torch.zeros(N, dtype=torch.long, device=dev),
             torch.zeros(N, dtype=torch.bool, device=dev),
-            KVCache(cfg, N, dev))
+            KVCache(cfg, N, dev) if cache is None else cache)
 
 
 def block_done(blk):
@@ -285,11 +289,17 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
 
 
 # ----------------------------------------------------------------------------- the compiled sampler
-# `generate` made fast: the same outputs for the same seed (tests/test_fast_sample.py), with every
-# shape static (fixed batch, full-length preallocated cache, masks precomputed per block) and each
-# denoising step one torch.compile'd call (a CUDA graph on GPU). Simplified from a serving engine:
-# one fixed batch per call (no continuous batching, no paged cache); the `schedule` rule is left
-# to `generate`.
+# `generate` made fast: the same outputs for the same seed (tests/test_fast_sample.py), with a fixed
+# batch, a full-length preallocated cache, masks precomputed per block, and each denoising step one
+# torch.compile'd call (a CUDA graph on GPU). Simplified from a serving engine: one fixed batch per
+# call (no continuous batching, no paged cache); the `schedule` rule is left to `generate`.
+#
+# The compile budget: one graph serves every batch size, block width and cache length (dynamic
+# shapes), and every knob that changes between the decodes of one run is a tensor (θ, the rule's
+# by-index flag, the temperature, greedy or sampled), so a ladder compiles two graphs: a block's
+# first step (fused with the cache write of the pending tokens) and its later steps (no pending
+# tokens, a size the compiler specialises). A batch of 1 is padded to 2 for the same reason, and an
+# evaluation's ragged last batch to its full size (pad_to). tests/test_fast_sample.py counts them.
 
 @functools.lru_cache(maxsize=64)
 def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
@@ -316,7 +326,7 @@ def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):
 
 
 def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, nfe, done, u,
-                  threshold, k: int, by_index: bool, temperature: float, distance: int = 0):
+                  threshold, by_index, temperature, sampled, k: int, distance: int):
     """One step of `generate`'s inner loop for the whole fixed batch, as a pure function of
     tensors, so torch.compile traces forward + sampling + commit rule as one graph.
     pending [N, Tp] (Tp = 0 after a block's first step); blk/fwd/logp [N, Tb] are the
@@ -325,15 +335,20 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, n
     no forward. The forward attends to the full, static-size cache and writes nothing:
     it returns the pending tokens' keys/values for the caller to copy into the cache (a
     compiled function that mutates no input is the simple case for CUDA graphs).
-    u [N, Tb] are `generate`'s uniforms (draw_uniforms), so with the same draws the tokens
-    equal its own: every row computes, but the rows `generate` leaves out commit nothing here."""
+    u [N, Tb] are `generate`'s uniforms (draw_uniforms; zeros when greedy), so with the same
+    draws the tokens equal its own: every row computes, but the rows `generate` leaves out commit
+    nothing here. threshold, by_index, temperature (1 when greedy) and sampled are 0-dim tensors,
+    k and distance ints (one value per run). Also returns flags = [more, bad]: does any row need
+    another step, and were any logits non-finite (the caller raises `generate`'s error; until
+    then the clamp in sample_tokens keeps every index inside the vocabulary)."""
     Tp = pending.shape[1]
     x, keys, values = model.hidden(torch.cat([pending, blk], 1), pos, mask, cache_k, cache_v)
     logits = model.head(x)[:, Tp:].float()
+    bad = (torch.isnan(logits) | torch.isposinf(logits)).any()
     masked = blk == MASK_ID
     need = masked.any(1) & ~done
     lp_all = policy_logprobs(logits, temperature)
-    tok = sample_tokens(lp_all, u) if temperature > 0 else lp_all.argmax(-1)
+    tok = torch.where(sampled, sample_tokens(lp_all, u), lp_all.argmax(-1))
     lp = lp_all.gather(-1, tok[..., None]).squeeze(-1)
     commit = commit_rule(lp.exp(), near_frontier(masked, distance), threshold, k, by_index) & need[:, None]
     blk = torch.where(commit, tok, blk)
@@ -341,8 +356,8 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, n
     logp = torch.where(commit, lp, logp)
     nfe = nfe + need.long()
     done = done | block_done(blk)
-    more = ((blk == MASK_ID).any(1) & ~done).any()  # does any row need another step?
-    return (blk, fwd, logp, nfe, done, more,
+    more = ((blk == MASK_ID).any(1) & ~done).any()
+    return (blk, fwd, logp, nfe, done, torch.stack([more, bad]),
             torch.stack(keys)[:, :, :, :Tp], torch.stack(values)[:, :, :, :Tp])
 
 
@@ -350,63 +365,116 @@ _COMPILED = {}
 
 
 def compiled_step(device_type: str):
-    """torch.compile'd `_denoise_step`, one per device type.
-    CUDA: mode 'reduce-overhead' records each static shape (the first step of block 0,
-    P + B wide; of later blocks, 2B; every other step, B) as a CUDA graph, so a step is
-    one graph launch instead of one kernel launch per op (at this model size the
-    launches, not the arithmetic, are most of a step). CPU: default inductor, with
-    dynamic shapes so that one set of C++ kernels serves every block size and batch
-    (each static-shape graph would cost a gcc compile of its own)."""
+    """torch.compile'd `_denoise_step`, one per device type, with dynamic shapes (see the top of
+    this section) and without "duck sizing", which would give two sizes that happen to be equal
+    (prompt area = block size = 16, say) one symbol, so the next block size that breaks the
+    equality would cost another compile. CUDA: mode 'reduce-overhead' replays each shape as a CUDA
+    graph, one launch instead of one per op (at this model size the launches, not the arithmetic,
+    are most of a step). CPU: a C++ wrapper calls the kernels, not Python (bench/bench_decode.py).
+    A run that needs more graphs than the recompile limit fails loudly (decode_blocks then decodes
+    eagerly, in one line) instead of dynamo's silent eager fallback."""
     if device_type not in _COMPILED:
+        import torch.fx.experimental._config as fx_config
+        fx_config.use_duck_shape = False
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8)
+        if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
         cuda = device_type == "cuda"
-        # one graph per (shape, temperature > 0) on CUDA: more than dynamo's default of 8
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        if not cuda:
-            # Dynamic shapes without "duck sizing": otherwise two sizes that happen to be
-            # equal (prompt area = block size = 16, say) get one symbol, and the next block
-            # size that breaks the equality costs another compile.
-            import torch.fx.experimental._config as fx_config
-            fx_config.use_duck_shape = False
         _COMPILED[device_type] = torch.compile(
-            _denoise_step, dynamic=not cuda, mode="reduce-overhead" if cuda else None,
-            # CPU: a C++ wrapper calls the kernels, not Python, which saves the interpreter's
-            # per-kernel overhead on every step (bench/bench_decode.py measures it)
+            _denoise_step, dynamic=True, mode="reduce-overhead" if cuda else None,
             options=None if cuda else {"cpp_wrapper": True})
     return _COMPILED[device_type]
+
+
+_caches = {}              # (model shape, batch, device) -> the compiled decodes' KV cache
+_warm = set()             # the shapes (with weights and cache) the compiled step has run at
+_compile_seconds = [0.0]  # this process's seconds of compiling and recording graphs
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling the sampler's step (and recording its CUDA
+    graphs). They are kept out of every decode's own time: a caller that times a decode
+    subtracts what this grew by, and reports it as the phase table's compile line."""
+    return _compile_seconds[0]
+
+
+def static_cache(cfg, N: int, dev):
+    """The KV cache of the compiled decodes of N rows: one per (model shape, batch, device), reused
+    by every decode and marked a static address, so a CUDA graph reads it in place instead of
+    copying it into the graph at every step (about a GB at the gpu preset's rollouts). Zeroed per
+    decode: the slots not written yet are masked, and must hold no stale non-finite value."""
+    key = (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.max_seq_len, N, str(dev))
+    if key not in _caches:
+        _caches[key] = cache = KVCache(cfg, N, dev)
+        torch._dynamo.mark_static_address(cache.k)
+        torch._dynamo.mark_static_address(cache.v)
+    cache = _caches[key]
+    cache.k.zero_()
+    cache.v.zero_()
+    cache.len = 0
+    return cache
+
+
+def _warm_up(step_fn, args, cudagraphs: bool):
+    """At a shape (weights, cache) the compiled step has not run at, run it once untimed (twice
+    with CUDA graphs: a warm-up run, then the recording), so compiling happens here and is timed
+    as compile, not inside a decode. The step is a pure function: its outputs are dropped."""
+    model, pending, blk, cache_k = args[0], args[1], args[2], args[5]
+    key = (next(model.parameters()).data_ptr(), cache_k.data_ptr(), *blk.shape, pending.shape[1], *args[-2:])
+    if key in _warm:
+        return
+    _warm.add(key)
+    sync = torch.cuda.synchronize if cudagraphs else (lambda: None)
+    sync()
+    t = time.time()
+    for _ in range(2 if cudagraphs else 1):
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        step_fn(*args)
+    sync()
+    _compile_seconds[0] += time.time() - t
 
 
 @torch.no_grad()
 def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9,
                   steps: int = None, temperature: float = 0.0, generator: torch.Generator = None,
-                  compile: bool = True, stats: dict = None, distance: int = 0):
-    """`generate` with static shapes, for speed: same arguments, same output dict (equal
-    tokens, traces, n_gen, nfe, finished; log-probs to fp tolerance) for the same seed.
+                  compile: bool = True, stats: dict = None, distance: int = 0, pad_to: int = 0):
+    """`generate` with a fixed batch, for speed: same arguments, same output dict (equal tokens,
+    traces, n_gen, nfe, finished; log-probs to fp tolerance) for the same seed.
 
     What differs inside: the batch never shrinks (finished rows stay and are ignored),
     the KV cache is preallocated to max_seq_len and attended in full (masks precomputed
     per block hide the slots not yet written), and each step is one call of
     `_denoise_step` (forward + sampling + commit rule), compiled unless compile=False.
-    Host syncs: one per block (is any row left? which?), plus one per step for the
-    dynamic rule, whose step count depends on the confidences (static and ltr, whose
-    step count is known, skip it on CUDA). stats, if given, receives the number of
-    batch forwards and host syncs."""
+    pad_to: decode at least this many rows (padding rows, done from the start, draw no random
+    numbers and are dropped from the output), so an evaluation's last batch has its full shape.
+    Host syncs: one per block (is any row left? which?), plus one per step where it changes what
+    happens: for the dynamic rule, whose step count depends on the confidences, and for every
+    sampled decode, which must stop where `generate` stops to draw as many random numbers.
+    Greedy static and ltr know their step count and run it out (the extra steps, once every row
+    is done, commit nothing). stats, if given, receives the number of batch forwards and syncs."""
     if rule not in RULES or rule == "schedule":
         raise ValueError(f"generate_fast runs {RULES[:3]}, not {rule!r} (use generate)")
     cfg, dev = model.cfg, prompts.device
-    N, A, V = prompts.shape[0], cfg.answer_len, cfg.vocab_size
+    n, A = prompts.shape[0], cfg.answer_len
+    N = max(n, pad_to, 2)  # a batch of 1 would be a compiled shape of its own
+    if N > n:
+        prompts = torch.cat([prompts, prompts[:1].expand(N - n, -1)])
     k_static = math.ceil(block_size / (steps or block_size))
     thr, k, by_index = rule_args(rule, threshold, k_static)
-    thr = torch.tensor(thr, device=dev)  # a tensor, so a new threshold is not a new graph
+    # tensors, so that a new θ, rule or temperature is not a new graph
+    knobs = (torch.tensor(thr, device=dev), torch.tensor(by_index, device=dev),
+             torch.tensor(temperature or 1.0, device=dev), torch.tensor(temperature > 0, device=dev))
     step_fn = compiled_step(dev.type) if compile else _denoise_step
     cudagraphs = compile and dev.type == "cuda"
-    tokens, fwd, logp, nfe, done, cache = decode_state(cfg, N, dev)
-    no_pending = prompts[:, :0]
-    # Asking "does any row need another step?" is a host sync. The dynamic rule needs the
-    # answer (its step count depends on the confidences); static/ltr know their step
-    # count, so on CUDA they do not ask and run it out (the extra steps, once every row
-    # is done, commit nothing). On CPU asking costs nothing and saves those steps.
-    ask_every_step = rule == "dynamic" or dev.type != "cuda"
+    tokens, fwd, logp, nfe, done, cache = decode_state(cfg, N, dev, static_cache(cfg, N, dev) if compile else None)
+    done[n:] = True
+    # Fresh tensors, never views: the compiled step's guards check an input's strides (and a
+    # view's base), so a view where a fresh tensor was before would be a new graph.
+    prompts, no_pending = prompts.clone(), prompts.new_empty((N, 0))
+    ask_every_step = rule == "dynamic" or temperature > 0
     n_fwd = n_sync = 0
+    bad = torch.zeros((), dtype=torch.bool, device=dev)  # non-finite logits in a step not asked about
     pending = prompts
     layouts = _block_layouts(cfg.prompt_len, A, cfg.max_seq_len, block_size, str(dev))
     for start, end, first, later in layouts:
@@ -423,18 +491,20 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
         blk = torch.full((N, Tb), MASK_ID, dtype=torch.long, device=dev)
         blk_fwd = torch.full((N, Tb), -1, dtype=torch.long, device=dev)
         blk_logp = torch.zeros(N, Tb, dtype=torch.float32, device=dev)
+        u = torch.zeros(N, Tb, dtype=torch.float64, device=dev)
         for i in range(n_steps):
             slots, pos, mask = first if i == 0 else later
-            u = None
             if temperature > 0:
                 u = draw_uniforms((len(alive), Tb), generator, dev)
                 if len(alive) < N:
                     u = torch.zeros(N, Tb, dtype=u.dtype, device=dev).index_copy_(0, alive, u)
+            args = (model, pending, blk, pos, mask, cache.k, cache.v, blk_fwd, blk_logp, nfe, done, u,
+                    *knobs, k, distance)
+            if compile:
+                _warm_up(step_fn, args, cudagraphs)
             if cudagraphs:  # we clone what we keep of the last replay: its buffers may be reused
                 torch.compiler.cudagraph_mark_step_begin()
-            blk, blk_fwd, blk_logp, nfe, done, more, new_keys, new_values = step_fn(
-                model, pending, blk, pos, mask, cache.k, cache.v, blk_fwd, blk_logp, nfe, done, u,
-                thr, k, by_index, temperature, distance)
+            blk, blk_fwd, blk_logp, nfe, done, flags, new_keys, new_values = step_fn(*args)
             n_fwd += 1
             if i == 0:  # the pending tokens are clean: their keys/values go to the cache
                 cache.k[:, :, :, slots], cache.v[:, :, :, slots] = new_keys, new_values
@@ -443,15 +513,24 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
                 blk, blk_fwd, blk_logp, nfe, done = (t.clone() for t in (blk, blk_fwd, blk_logp, nfe, done))
             if ask_every_step:
                 n_sync += 1
+                more, bad_now = flags.tolist()
+                if bad_now:
+                    raise FloatingPointError("the model's logits are not finite")
                 if not more:
                     break
+            else:
+                bad = bad | flags[1]
         tokens[:, start:end], fwd[:, start:end], logp[:, start:end] = blk, blk_fwd, blk_logp
-        pending = blk
+        pending = blk.clone()
+    if not ask_every_step:
+        n_sync += 1
+        if bool(bad):
+            raise FloatingPointError("the model's logits are not finite")
     if stats is not None:
         stats.update(forwards=n_fwd, syncs=n_sync)
-    # From here on exactly as in `generate`.
+    # From here on exactly as in `generate`, for the n rows asked for.
     tokens = tokens.masked_fill(fwd < 0, EOS_ID)
-    return outputs(tokens, fwd, logp, nfe)
+    return outputs(tokens[:n], fwd[:n], logp[:n], nfe[:n])
 
 
 # ----------------------------------------------------------------------------- which one runs
@@ -483,22 +562,28 @@ def compile_unavailable(device_type: str):
 
 
 def decode_blocks(model, prompts, block_size: int, rule: str = "dynamic", threshold: float = 0.9, steps: int = None,
-           temperature: float = 0.0, generator: torch.Generator = None, distance: int = 0):
+                  temperature: float = 0.0, generator: torch.Generator = None, distance: int = 0, pad_to: int = 0):
     """The block sampler every caller decodes through: `generate_fast` (compiled) where it pays
-    (COMPILED_ON), else `generate`; the same tokens either way. If torch.compile cannot build
-    (no C compiler, no Python headers, an unsupported GPU), one line says so and every later
-    decode is eager; the random stream is rewound, so the first decode is the eager one's."""
+    (COMPILED_ON), else `generate`; the same tokens either way. pad_to: an evaluation's full batch
+    size, so its ragged last batch is padded to the compiled shape (generate_fast). If torch.compile
+    cannot build (no C compiler, no Python headers, an unsupported GPU, past the recompile limit),
+    one line says so and every later decode is eager; the random stream is rewound, so the first
+    decode is the eager one's."""
     if COMPILE and not _broken and prompts.device.type in COMPILED_ON and rule != "schedule":
+        why = compile_unavailable(prompts.device.type)
         state = generator.get_state() if generator is not None else None
         try:
-            return generate_fast(model, prompts, block_size, rule, threshold, steps, temperature, generator,
-                                 distance=distance)
+            if why is None:
+                return generate_fast(model, prompts, block_size, rule, threshold, steps, temperature, generator,
+                                     distance=distance, pad_to=pad_to)
+        except FloatingPointError:  # the model's own failure, not the compiler's: generate's error
+            raise
         except Exception as e:  # a compile failure surfaces on the first call, as any exception type
-            _broken.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200])
-            print(f"torch.compile failed ({_broken[0]}); decoding eagerly from here on (--no-compile skips it)",
-                  file=sys.stderr, flush=True)
-            if state is not None:
-                generator.set_state(state)
+            why = f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200] + ")"
+        _broken.append(why)
+        print(f"{why}; decoding eagerly from here on (--no-compile skips it)", file=sys.stderr, flush=True)
+        if state is not None:
+            generator.set_state(state)
     return generate(model, prompts, block_size, rule, threshold, steps, temperature, generator, distance=distance)
 
 

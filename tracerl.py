@@ -54,7 +54,7 @@ from data.tokenizer import MASK_ID, PAD_ID
 from model import CheckpointError, attention_mask, file_sha256, load_checkpoint, pick_device, save_checkpoint, \
     training_input
 import sample
-from sample import commit_order, decode_blocks, policy_logprobs, show_decoding
+from sample import commit_order, compile_seconds, decode_blocks, policy_logprobs, show_decoding
 from train import blew_up, finite, release_memory
 from value import Critic, token_advantages, value_loss
 
@@ -103,7 +103,7 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
     (--value-model); ref: the frozen reference (--ref-kl-beta). Returns a log dict.
     Every count that normalises the loss is global (summed over ranks), so the summed
     gradients equal one process's on all the rollouts (tests/test_ddp.py)."""
-    t0, dev = time.time(), next(model.parameters()).device
+    t0, c0, dev = time.time(), compile_seconds(), next(model.parameters()).device
     own = dist.rank_generator(gen)  # this rank's sampling stream; `gen` itself in one process
 
     # 1-2. rollouts and rewards: P prompts x K samples, with their traces, log-probs, rewards
@@ -111,7 +111,8 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
         ro = rollout(model, problems, gen, n_prompts=cfg.n_prompts, k=cfg.k, block_size=cfg.block_size,
                      threshold=cfg.threshold, temperature=cfg.temperature, distance=cfg.commit_distance,
                      sample_gen=own)
-    t_rollout = time.time()
+    compile_secs = compile_seconds() - c0  # the compiled sampler's first rollout at a shape
+    t0, t_rollout = t0 + compile_secs, time.time()  # so the step's seconds leave the compiling out
 
     # 3. advantages: the z-score of the reward inside each prompt's group of K
     adv, kept = group_advantages(ro["reward"], cfg.acc_band)
@@ -134,7 +135,7 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
         log["vloss"] = 0.0
     if log["rows"] == 0:  # no rank has a row: no update anywhere
         log.update(secs=time.time() - t0, prompts=cfg.n_prompts, secs_rollout=t_rollout - t0,
-                   secs_rows=time.time() - t_rollout, secs_update=0.0)
+                   secs_rows=time.time() - t_rollout, secs_update=0.0, secs_compile=compile_secs)
         return log
     v_old = ret = None
     if n_rows and (cfg.shrink > 1 or critic is not None or ref is not None):  # [option]
@@ -185,7 +186,7 @@ def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=
     n_tok = max(tot["tokens"], 1.0)  # clip and the KLs are per target token, over every rank's tokens
     log.update(loss=tot["loss"], clip=tot["clipped"] / n_tok, kl=tot["k3"] / n_tok, ref_kl=tot["ref_k3"] / n_tok)
     log.update(secs=time.time() - t0, prompts=cfg.n_prompts, secs_rollout=t_rollout - t0, secs_rows=t_rows - t_rollout,
-               secs_update=time.time() - t_rows)
+               secs_update=time.time() - t_rows, secs_compile=compile_secs)
     return log
 
 

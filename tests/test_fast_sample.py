@@ -98,16 +98,22 @@ def test_compiled_fast_path_equals_generate_cpu(tiny32, prompts, rule, threshold
 
 
 def test_stats_count_forwards_and_syncs(tiny32, prompts):
-    """On CPU the loop asks "is any row left?" once per block it enters and "does any row
-    need another step?" after every step, so syncs = forwards + blocks entered; batch 1:
-    every batch forward is one of the row's, none wasted after it is done."""
+    """The dynamic rule asks "is any row left?" once per block it enters and "does any row need
+    another step?" after every step, so syncs = forwards + blocks entered; batch 1: every batch
+    forward is one of the row's, none wasted after it is done. Greedy static knows its step count:
+    it runs every step of a block it enters and syncs once per block, plus once for the
+    non-finite check at the end."""
     B, A = 8, tiny32.cfg.answer_len
     stats = {}
-    out = generate_fast(tiny32, prompts[:1], B, "static", compile=False, stats=stats)
+    out = generate_fast(tiny32, prompts[:1], B, "dynamic", compile=False, stats=stats)
     assert stats["forwards"] == int(out["nfe"][0])
     last = int((out["fwd"][0] >= 0).nonzero().max()) // B  # the block the row finished in
     entered = last + 1 + (1 if last + 1 < -(-A // B) else 0)  # ... plus the check that finds it done
     assert stats["syncs"] == stats["forwards"] + entered
+    out = generate_fast(tiny32, prompts[:1], B, "static", compile=False, stats=stats)
+    last = int((out["fwd"][0] >= 0).nonzero().max()) // B
+    assert stats["forwards"] == (last + 1) * B >= int(out["nfe"][0])
+    assert stats["syncs"] == last + 1 + (1 if last + 1 < -(-A // B) else 0) + 1
 
 
 @pytest.fixture

@@ -1,11 +1,15 @@
 """T*: grow the block size stage by stage with TraceRL, against two baselines.
 
-    python curriculum.py --stages 4,8,16            # the main job (CPU default, see README)
-    python curriculum.py --stages 4,8 --quick       # a few-minute smoke run
-    python curriculum.py --stages 4,8,16 --out runs/tstar   # resume: finished stages are skipped
+    python curriculum.py --stages 4,8,16            # the main job (CPU default, see README), into runs/tstar
+    python curriculum.py --stages 4,8 --quick       # a few-minute smoke run, into runs/quick
+    python curriculum.py --stages 4,8,16            # again: resumes it, finished stages are skipped
+    python curriculum.py --stages 4,8,16 --preset gpu --out runs/big   # --out: any folder (gpu's is runs/gpu)
     torchrun --nproc_per_node 2 curriculum.py --stages 4,8 --quick --out runs/ddp   # data parallel
     python curriculum.py --stages 4,8 --train-jsonl my/train.jsonl --test-jsonl my/test.jsonl \
         --prompt-len 64 --max-seq-len 160                # your own GSM8K-style data
+
+Each preset has its own default --out (RUN_DIRS), so a smoke run never blocks the main job's folder.
+While a run writes into a folder, the folder's lock file names it, and a second run into it refuses.
 
 What runs, each step skipped when its checkpoint already exists and its parent is the one
 it was trained from (docs/design.md §8):
@@ -37,8 +41,10 @@ files everywhere. Evaluation jobs (checkpoint x B x rule) are dealt out across r
 (eval_math.evaluate_all).
 """
 import argparse
+import atexit
 import json
 import os
+import socket
 import time
 from dataclasses import asdict
 
@@ -75,6 +81,19 @@ PRESETS = {
                 first_stage_steps=150, first_stage_prompts=128, stage_steps=100, n_prompts=64, k=16, curve_every=10,
                 micro_batch=64),
 }
+# Each preset's default --out: a smoke run with other settings never takes the main job's folder.
+RUN_DIRS = {"cpu": "runs/tstar", "quick": "runs/quick", "gpu": "runs/gpu"}
+# The least value of every count flag. Sizes are at least 1; the supervised step counts may be 0 (a
+# base without AR pre-training, or without SFT); every RL stage takes a step (the report reads its
+# first and last reward); the curve intervals and the commit distance take 0 for off. "world": the
+# count is split across the torchrun processes, so each needs at least one.
+AT_LEAST = dict(n_layer=1, n_head=1, n_embd=1, prompt_len=1, n_train=1, n_test=1, k=1, micro_batch=1,
+                shrink=1, updates=1, ar_steps=0, sft_steps=0, first_stage_steps=1, stage_steps=1,
+                eval_samples=0, curve_every=0, stage_curve_every=0, commit_distance=0,
+                batch_size="world", n_prompts="world", first_stage_prompts="world")
+# a negative rate or coefficient would step against the loss or reward it scales
+NOT_NEGATIVE = ("ar_lr", "sft_lr", "first_stage_lr", "lr", "value_lr", "clip_eps", "kl_beta", "ref_kl_beta",
+                "value_clip", "eval_temperature")
 # Accepted but not listed by --help (which stays one screen): the off-default RL options
 # (tracerl.py --help explains them) and the rarely changed knobs.
 HIDDEN = ("ar_lr", "sft_lr", "no_block_offsets", "first_stage_prompts", "first_stage_lr_schedule", "lr_schedule",
@@ -101,23 +120,103 @@ def parse_stages(text: str, answer_len: int):
     return stages
 
 
+def check_flags(a, world: int):
+    """One-line ValueError for the first flag out of its range (AT_LEAST, NOT_NEGATIVE), checked
+    before any folder is made: a bad value must not leave a run folder behind."""
+    for name, least in AT_LEAST.items():
+        low, value = (world if least == "world" else least), getattr(a, name)
+        if value < low:
+            why = f" (one per process: {world} processes)" if least == "world" else ""
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}{why}, got {value}")
+    for name in NOT_NEGATIVE:
+        if getattr(a, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    if a.n_embd % a.n_head:  # every head takes an equal slice of the width
+        raise ValueError(f"--n-embd {a.n_embd} must be a multiple of --n-head {a.n_head}")
+
+
+def lock_holder(path):
+    """Who holds the lock file `path`: 'PID 123 on host', or None when that process is gone (a
+    killed run) or the file is. A lock from another host cannot be checked from here, so it holds."""
+    try:
+        with open(path) as f:
+            pid, host = f.read().split()
+        pid = int(pid)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # being written this instant, or not ours to read: it holds
+        return f"an unreadable {path}"
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)  # signal 0: is it alive? (sends nothing)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return f"PID {pid} on {host}"
+
+
+def take_lock(out):
+    """Hold the run folder `out` for this process: OUT/lock, made atomically (O_CREAT | O_EXCL),
+    holds its PID and host. A folder a live run holds fails in one line; a lock whose process is
+    gone is taken over. Returns the lock's path."""
+    path = os.path.join(out, "lock")
+    for attempt in (1, 2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock_holder(path)
+            if holder or attempt == 2:
+                raise CheckpointError(f"{out} is in use by another run ({holder or 'just started'}); wait "
+                                      f"for it to end, or delete {path} if no run is using it") from None
+            try:
+                os.remove(path)  # its process is gone: the folder is free
+            except FileNotFoundError:
+                pass
+            continue
+        except OSError as e:
+            raise CheckpointError(f"--out {out}: cannot write in the run folder ({e.strerror})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return path
+
+
 class Run:
     """The run directory: checkpoints, their RL histories, the settings it was made with,
-    and wall.json, the seconds spent on it summed over every invocation (`add_time`)."""
+    and wall.json, the seconds spent on it summed over every invocation (`add_time`). It is
+    held (OUT/lock, take_lock) from here until `close`, or until the process exits."""
 
     def __init__(self, out, settings, device, defaults=None, started=None):
-        self.out, self.device = out, device
+        self.out, self.device, self.lock = out, device, None
         defaults = defaults or {}
         settings = json.loads(json.dumps(settings))  # as stored: tuples (--acc-band) become lists
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:  # a file of that name, a file on the path, a folder not ours to write in
+            raise CheckpointError(f"--out {out}: cannot make a run folder there ({e.strerror})") from None
+        # Rank 0 alone holds the lock (the other ranks are the same job); all fail alike without it.
+        # Taken before settings.json is read or written, so a second run cannot change it under us.
+        error = None
+        if dist.is_main():
+            try:
+                self.lock = take_lock(out)
+                atexit.register(self.close)  # released however the process ends, error or Ctrl-C
+            except CheckpointError as e:
+                error = str(e)
+        error = dist.gather_objects(error)[0]
+        if error:
+            raise CheckpointError(error)
         path = os.path.join(out, "settings.json")
-        if os.path.exists(path):
+        # Settings bind a folder once it holds a checkpoint: before that (a run that failed before
+        # its first save) there is nothing they describe, and the new ones replace them.
+        if os.path.exists(path) and any(f.endswith(".pt") for f in os.listdir(out)):
             with open(path) as f:
                 old = json.load(f)
             # a flag added since the run was made is no difference while it has its default
             diff = {k: (old.get(k), v) for k, v in settings.items()
                     if old.get(k) != v and (k in old or k not in defaults or defaults[k] != v)}
             if diff:
+                self.close()
                 raise CheckpointError(f"{out} was made with other settings (stored vs now: {diff}); "
                                       f"use another --out or the same flags")
         elif dist.is_main():  # every rank checked above; only rank 0 writes
@@ -133,6 +232,15 @@ class Run:
         dist.barrier()
         self.cfg = GPTConfig(**settings["model"])
         self._digests = {}
+
+    def close(self):
+        """Release the run folder (remove OUT/lock); a second call does nothing."""
+        if self.lock:
+            try:
+                os.remove(self.lock)
+            except FileNotFoundError:
+                pass
+            self.lock = None
 
     def path(self, name):
         return os.path.join(self.out, name + ".pt")
@@ -278,7 +386,9 @@ def build_parser():
                ". The RL options are explained by python tracerl.py --help.")
     run = ap.add_argument_group("run")
     run.add_argument("--stages", default="4,8,16", help="block sizes, increasing, e.g. 4,8,16")
-    run.add_argument("--out", default="runs/tstar", help="run directory (resumed if it exists)")
+    run.add_argument("--out", default=RUN_DIRS["cpu"],
+                     help=f"run directory, resumed if it exists (default: {RUN_DIRS['cpu']}; "
+                          f"{RUN_DIRS['quick']} with --quick, {RUN_DIRS['gpu']} with --preset gpu)")
     run.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                      help="model size and every budget (curriculum.PRESETS); typed flags win over it")
     run.add_argument("--quick", action="store_true", help="the same as --preset quick: a smoke run of a few minutes")
@@ -329,33 +439,34 @@ def build_parser():
     return ap
 
 
-def main():
+def parse_args(argv=None):
+    """(the flags, every flag's untyped value). Two passes: the preset replaces the defaults (its
+    budgets and its run folder), then whatever the user typed wins over it."""
     ap = build_parser()
-    # two passes: the preset replaces the defaults, then whatever the user typed wins over it
-    pre, _ = ap.parse_known_args()
-    ap.set_defaults(**PRESETS["quick" if pre.quick else pre.preset])
-    a = ap.parse_args()
-    a.preset = "quick" if a.quick else a.preset
-    sample.COMPILE = not a.no_compile
+    pre, _ = ap.parse_known_args(argv)
+    preset = "quick" if pre.quick else pre.preset
+    ap.set_defaults(**PRESETS[preset], out=RUN_DIRS[preset])
+    a = ap.parse_args(argv)
+    a.preset = preset
     # every flag's value when not typed (the preset's): a run made before a flag existed resumes
     # while that flag stays at it (Run's settings check)
-    defaults = json.loads(json.dumps(vars(ap.parse_args([]))))
-    dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
+    return a, json.loads(json.dumps(vars(ap.parse_args([]))))
+
+
+def main():
+    a, defaults = parse_args()
+    sample.COMPILE = not a.no_compile
     # Every flag check that can fail does so here, before a run folder or a checkpoint is
     # written: a typo should cost a second, not a resumed run with mixed settings.
     try:
+        dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
+        check_flags(a, dist.world())
         stages = parse_stages(a.stages, a.max_seq_len - a.prompt_len)
         a.mask_window = window_for(stages[0], a.mask_window)
         cfg = config_from_args(a)
         seeds = parse_seeds(a.seeds) if a.seeds else None
         plan = EvalPlan.from_args(a)  # what every ladder decodes (a bad --sweep-thresholds fails here)
         mix = tail_mix(stages, a.sft_tail)
-        if a.eval_samples < 0 or a.eval_temperature < 0:
-            raise ValueError("--eval-samples and --eval-temperature must be >= 0")
-        if min(a.n_prompts, a.first_stage_prompts) < dist.world():
-            raise ValueError(f"--n-prompts and --first-stage-prompts must be at least the {dist.world()} processes")
-        if a.curve_every < 0 or a.stage_curve_every < 0:
-            raise ValueError("--curve-every and --stage-curve-every must be >= 0")
     except ValueError as e:
         dist.fail(f"error: {e}")
     try:
@@ -473,6 +584,7 @@ def run_ladder(a, cfg, stages, dev, out, seed, plan, defaults=None, mix=None):
     if dist.is_main():
         report(run, names, stages, results, run.add_time(), plan, seed)
         pictures(run, names, stages, results)
+    run.close()  # the folder is free now (under --seeds, before the next seed's run)
     return results
 
 

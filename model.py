@@ -397,9 +397,22 @@ def config_from_args(a) -> GPTConfig:
 
 
 def pick_device(name: str = "auto") -> str:
-    if name != "auto":
+    """--device: 'auto' is cuda where a GPU is visible, else cpu; 'cpu', 'cuda' and 'cuda:N' are
+    taken as given if this machine has them. Anything else is a one-line ValueError here, before
+    any work, instead of a traceback from inside torch at the first tensor."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    if name == "cpu":
         return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise ValueError(f"--device {name!r} is not one of cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"--device {name}: {why}; use --device cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return name
 
 
 if __name__ == "__main__":

@@ -270,7 +270,10 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.9, help="dynamic-rule θ for the traces")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     a = ap.parse_args()
-    dev = pick_device(a.device)
+    try:
+        dev = pick_device(a.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if not (a.ckpt or a.run or a.errors):
         sys.exit("error: give --ckpt (derive Ŝ), --run (replay table) or --errors (root errors)")
     try:

@@ -729,7 +729,11 @@ def main():
     if not a.explain and not a.out:
         sys.exit("error: --out is required (where to write the trained checkpoint), unless --explain")
     try:
-        dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
+        dev = pick_device(a.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    try:
+        dev = dist.init(dev)  # joins the process group under torchrun only
         if a.n_prompts < dist.world():
             raise DataError(f"--n-prompts {a.n_prompts} is smaller than the {dist.world()} processes")
         model, meta = load_checkpoint(a.ckpt, dev)

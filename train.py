@@ -305,9 +305,10 @@ def main():
     try:
         a.mask_window = window_for(a.block_size, a.mask_window)  # the SFT block this base is for
         mix = parse_block_mix(a.sft_block_mix, a.max_seq_len - a.prompt_len) if a.sft_block_mix else None
+        dev = pick_device(a.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    dev = dist.init(pick_device(a.device))  # joins the process group under torchrun only
+    dev = dist.init(dev)  # joins the process group under torchrun only
     task = task_from_args(a)
     try:
         train_set, test_set = load_task(task)

@@ -280,7 +280,10 @@ def main():
     a = ap.parse_args()
 
     t_start = time.time()
-    dev = torch.device(pick_device(a.device))
+    try:
+        dev = torch.device(pick_device(a.device))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if a.threads and dev.type == "cpu":
         torch.set_num_threads(a.threads)
     for k, v in DEFAULTS["cuda" if dev.type == "cuda" else "cpu"].items():

@@ -97,97 +97,115 @@ class RLConfig:
 # ----------------------------------------------------------------------------- one RL step
 
 def rl_step(model, opt, problems, cfg: RLConfig, gen, critic=None, ref=None, ro=None):
-    """One TraceRL step: rollouts -> rewards -> advantages -> trace rows -> update.
-    `gen` picks the prompts (the same on every rank); `ro`: rollouts to use instead of
-    drawing new ones (tests, the DDP check). [option] critic: the value model
-    (--value-model); ref: the frozen reference (--ref-kl-beta). Returns a log dict.
-    Every count that normalises the loss is global (summed over ranks), so the summed
-    gradients equal one process's on all the rollouts (tests/test_ddp.py)."""
-    t0, c0, dev = time.time(), compile_seconds(), next(model.parameters()).device
-    own = dist.rank_generator(gen)  # this rank's sampling stream; `gen` itself in one process
+    """One TraceRL step: rollouts -> rewards -> advantages -> trace rows -> loss -> optimiser step.
+    `gen` picks the prompts (the same on every rank); `ro`: rollouts to use instead of drawing
+    new ones (tests). [option] critic: the value model (--value-model); ref: the frozen
+    reference (--ref-kl-beta). [ddp] marks what makes several ranks one process: every count
+    that normalises the loss is global, so the summed gradients equal one process's on all
+    the rollouts (tests/test_ddp.py). Returns the step's log (`step_log`)."""
+    dev, clock = next(model.parameters()).device, Laps()
+    own = dist.rank_generator(gen)  # [ddp] this rank's sampling stream; `gen` itself in one process
 
-    # 1-2. rollouts and rewards: P prompts x K samples, with their traces, log-probs, rewards
+    # 1-2. rollouts and rewards: P prompts x K samples, with their traces, log-probs and rewards
     if ro is None:
         ro = rollout(model, problems, gen, n_prompts=cfg.n_prompts, k=cfg.k, block_size=cfg.block_size,
                      threshold=cfg.threshold, temperature=cfg.temperature, distance=cfg.commit_distance,
                      sample_gen=own)
-    compile_secs = compile_seconds() - c0  # the compiled sampler's first rollout at a shape
-    t0, t_rollout = t0 + compile_secs, time.time()  # so the step's seconds leave the compiling out
+    clock.lap("rollout")
 
-    # 3. advantages: the z-score of the reward inside each prompt's group of K
+    # 3. advantages: the z-score of the reward inside each prompt's group of K. A response with
+    #    advantage 0 would add only KL terms, whose gradient is 0 at --updates 1: it gets no rows.
     adv, kept = group_advantages(ro["reward"], cfg.acc_band)
     adv = adv.view(-1)
-    resp = pick_responses(ro, adv, cfg.acc_band, cfg.k, critic)  # the responses that get rows
-    g = sum_over_ranks(dict(right=float(ro["reward"].sum()), answers=ro["reward"].numel(),
-                            kept=float(kept.sum()), resp=len(resp), n_gen=float(ro["n_gen"].sum()),
-                            nfe=float(ro["nfe"].sum())))
-    n_resp = int(g["resp"])  # over all ranks: the loss is the mean over every rank's responses
+    resp = (adv != 0).nonzero().squeeze(1).tolist()
+    if critic is not None:  # [option] --value-model: A_t = R − V(s_t) (option_inputs); the rows carry R
+        resp, adv = critic_responses(ro["reward"], cfg.acc_band), ro["reward"].view(-1)
+    n_resp = int(dist.all_reduce_sum(len(resp)))  # [ddp] the loss is a mean over every rank's responses
 
-    # 4. trace rows: each round of each response, in the state the sampler decoded it from,
-    #    packed into a few sequences per response
-    rows = build_rows(ro, resp, adv if critic is None else ro["reward"].view(-1), n_resp, cfg.block_size,
-                      cfg.shrink, dev)  # [option] with a critic the rows carry the return R first
-    n_rows = rows.n_rows if rows is not None else 0
-    log = dict(reward=g["right"] / g["answers"], kept=int(g["kept"]), n_resp=n_resp,
-               rows=int(dist.all_reduce_sum(n_rows)), tpf=g["n_gen"] / g["nfe"], loss=0.0, clip=0.0, kl=0.0,
-               ref_kl=0.0)
-    if critic is not None:
-        log["vloss"] = 0.0
-    if log["rows"] == 0:  # no rank has a row: no update anywhere
-        log.update(secs=time.time() - t0, prompts=cfg.n_prompts, secs_rollout=t_rollout - t0,
-                   secs_rows=time.time() - t_rollout, secs_update=0.0, secs_compile=compile_secs)
-        return log
-    v_old = ret = None
-    if n_rows and (cfg.shrink > 1 or critic is not None or ref is not None):  # [option]
-        v_old, ret = option_inputs(model, rows, cfg, critic, ref)
-    t_rows = time.time()
+    # 4. trace rows: each round of each response in the state the sampler decoded it from, packed
+    #    into a few sequences per response
+    rows = build_rows(ro, resp, adv, n_resp, cfg.block_size, cfg.shrink, dev)
+    v_old, ret = option_inputs(model, rows, cfg, critic, ref)  # [option] nothing to do by default
+    clock.lap("rows")
 
-    # 5. update: PPO-clip + k3 KL per target token, micro-batches accumulating into one step
+    # 5. loss and update: PPO-clip + k3 KL per target token, micro-batches accumulating into one step
     model.train()
-    # Shuffle the packs: a permutation of the trace rows restricted to the packs' indices is a
-    # uniform one of the packs (a response has no more packs than rows at the default sizes),
-    # and draws from `own` what one per row would: the next rollouts do not depend on packing.
-    n_packs = len(rows) if rows is not None else 0
-    perm = torch.randperm(max(n_rows, n_packs), generator=own, device=dev).cpu()
-    perm = perm[perm < n_packs]
-    chunks = torch.tensor_split(perm, cfg.updates)  # at the default --updates 1: one chunk, all rows
-    # loss, clipped tokens, k3, reference k3, target tokens: summed on the device, read once a step
-    sums = torch.zeros(5, dtype=torch.float64, device=dev)
-    for chunk in chunks:  # every rank takes cfg.updates steps (some chunks may be empty on some ranks)
+    sums = torch.zeros(5, dtype=torch.float64, device=dev)  # loss, clipped, k3, reference k3, tokens
+    chunks = update_chunks(rows, cfg.updates, own)  # at the default --updates 1: one chunk, every pack
+    for chunk in chunks:
         opt.zero_grad(set_to_none=True)
         for mb in micro_batches(rows, chunk, cfg.micro_batch):
             tok = rows.tokens(mb).to(dev)  # the flat indices of these packs' target tokens
             new = packed_logprobs(model, rows, mb, dev, cfg.temperature)
-            # All rows' weights sum to 1 (a mean over responses) and a chunk holds ~1/updates of the
-            # rows: scaling by `updates` gives every optimiser step the gradient scale of --updates 1.
-            w = rows.weight[tok] * cfg.updates
+            w = rows.weight[tok] * cfg.updates  # a chunk holds 1/updates of the rows: one step's scale
             loss, clip, kl = policy_loss(new, rows.old[tok], rows.adv[tok], w, cfg.clip_eps, cfg.kl_beta)
-            ref_kl = torch.zeros((), device=dev)
-            if rows.ref is not None:  # [option] --ref-kl-beta
-                ref_loss, ref_kl = reference_penalty(new, rows.ref[tok], w, cfg.ref_kl_beta)
-                loss = loss + ref_loss
+            loss, ref_kl = with_reference(loss, new, rows, tok, w, cfg.ref_kl_beta)  # [option] --ref-kl-beta
             loss.backward()
             n = len(tok)
             sums += torch.stack([loss.detach() / cfg.updates, clip * n, kl.detach() * n, ref_kl.detach() * n,
                                  torch.tensor(float(n), device=dev)]).double()
-        dist.all_reduce_grads(model)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        # A non-finite loss on any rank stops every rank (deciding alone would leave the
-        # others waiting in the next all-reduce).
-        loss_so_far = float(sums[0])
-        if dist.all_reduce_sum(float(not math.isfinite(loss_so_far))) or not torch.isfinite(norm):
-            raise FloatingPointError(f"the loss is {loss_so_far}, gradient norm {norm.item()}")
-        opt.step()
+        dist.all_reduce_grads(model)  # [ddp]
+        clip_and_step(model, opt, sums[0])
     model.eval()
-    if critic is not None:  # [option] --value-model: the critic's own steps on the same chunks
-        log["vloss"] = sum_over_ranks(dict(v=critic_update(critic, rows, chunks, cfg, v_old, ret, dev)))["v"]
+    vloss = critic_update(critic, rows, chunks, cfg, v_old, ret, dev) if critic is not None else None  # [option]
+    clock.lap("update")
+    return step_log(ro, kept, n_resp, rows, sums, clock, cfg, vloss)
 
-    tot = sum_over_ranks(dict(zip(("loss", "clipped", "k3", "ref_k3", "tokens"), sums.tolist())))
-    n_tok = max(tot["tokens"], 1.0)  # clip and the KLs are per target token, over every rank's tokens
-    log.update(loss=tot["loss"], clip=tot["clipped"] / n_tok, kl=tot["k3"] / n_tok, ref_kl=tot["ref_k3"] / n_tok)
-    log.update(secs=time.time() - t0, prompts=cfg.n_prompts, secs_rollout=t_rollout - t0, secs_rows=t_rows - t_rollout,
-               secs_update=time.time() - t_rows, secs_compile=compile_secs)
-    return log
+
+class Laps:
+    """rl_step's stopwatch: lap(name) keeps the seconds since the last lap (or the start) as
+    secs_{name}, leaving out what the compiled sampler spent compiling meanwhile (the phase
+    table's compile line, secs_compile)."""
+
+    def __init__(self):
+        self.t, self.c, self.secs = time.time(), compile_seconds(), dict(secs_compile=0.0)
+
+    def lap(self, name):
+        t, c = time.time(), compile_seconds()
+        self.secs[f"secs_{name}"] = t - self.t - (c - self.c)
+        self.secs["secs_compile"] += c - self.c
+        self.t, self.c = t, c
+
+
+def clip_and_step(model, opt, loss_sum):
+    """Clip the gradient norm to 1 and take the optimiser step. A non-finite loss on any rank
+    stops every rank alike (deciding alone would leave the others waiting in the next
+    all-reduce); so does a non-finite gradient norm, which the all-reduce already shares."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    loss = float(loss_sum)
+    if dist.all_reduce_sum(float(not math.isfinite(loss))) or not torch.isfinite(norm):
+        raise FloatingPointError(f"the loss is {loss}, gradient norm {norm.item()}")
+    opt.step()
+
+
+def update_chunks(rows, updates: int, gen):
+    """The packs in a random order, split into `updates` chunks, one optimiser step each. The
+    order is a permutation of as many numbers as there are trace rows (or packs, if more),
+    restricted to the packs: a uniform order of the packs that draws from `gen` what one per
+    trace row would, so the next rollouts depend on the rows, not on how they are packed."""
+    n_rows, n_packs = (rows.n_rows, len(rows)) if rows is not None else (0, 0)
+    perm = torch.randperm(max(n_rows, n_packs), generator=gen, device=gen.device).cpu()
+    return torch.tensor_split(perm[perm < n_packs], updates)
+
+
+def step_log(ro, kept, n_resp, rows, sums, clock, cfg: RLConfig, vloss=None):
+    """The numbers of one step's log line, over every rank (one all-reduce): reward, groups kept,
+    responses and trace rows trained on, the rollouts' TPF, and per target token the loss's
+    clip fraction and k3 KLs; then the step's seconds, phase by phase."""
+    g = sum_over_ranks(dict(right=float(ro["reward"].sum()), answers=ro["reward"].numel(), kept=float(kept.sum()),
+                            rows=rows.n_rows if rows is not None else 0, n_gen=float(ro["n_gen"].sum()),
+                            nfe=float(ro["nfe"].sum()), **dict(zip(("loss", "clipped", "k3", "ref_k3", "tokens"),
+                                                                   sums.tolist())),
+                            **({} if vloss is None else dict(vloss=vloss))))
+    n_tok = max(g["tokens"], 1.0)  # clip and the KLs are per target token, over every rank's tokens
+    log = dict(reward=g["right"] / g["answers"], kept=int(g["kept"]), n_resp=n_resp, rows=int(g["rows"]),
+               tpf=g["n_gen"] / g["nfe"], loss=g["loss"], clip=g["clipped"] / n_tok, kl=g["k3"] / n_tok,
+               ref_kl=g["ref_k3"] / n_tok)
+    if vloss is not None:
+        log["vloss"] = g["vloss"]
+    secs = clock.secs
+    return dict(log, secs=sum(secs[f"secs_{p}"] for p in ("rollout", "rows", "update")), prompts=cfg.n_prompts,
+                **{k: secs[k] for k in ("secs_rollout", "secs_rows", "secs_update", "secs_compile")})
 
 
 # ----------------------------------------------------------------------------- steps 1-2: rollouts, rewards
@@ -242,21 +260,6 @@ def group_advantages(rewards: torch.Tensor, band=(0.0, 1.0)):
     kept = (mean.squeeze(1) >= band[0]) & (mean.squeeze(1) <= band[1]) & (std.squeeze(1) > 0)
     adv = (rewards - mean) / std.clamp_min(1e-8)
     return adv * kept[:, None], kept
-
-
-def pick_responses(ro, adv, band, k: int, critic=None):
-    """Indices of the responses that get trace rows."""
-    if critic is None:
-        # A response with a zero advantage adds only KL terms to the loss, whose gradient is 0
-        # at the default --updates 1 (rho = 1): its rows are not built at all. With --updates > 1
-        # or --ref-kl-beta that drops the KL pull these responses would add: a simplification
-        # that saves most of the rows.
-        return (adv != 0).nonzero().squeeze(1).tolist()
-    # [option] With a critic, A_t = R − V(s_t) is non-zero even where the whole group agrees:
-    # every response of a group inside --acc-band is used.
-    acc = ro["reward"].mean(1)
-    in_band = (acc >= band[0]) & (acc <= band[1])
-    return in_band.repeat_interleave(k).nonzero().squeeze(1).tolist()
 
 
 def sum_over_ranks(sums: dict) -> dict:
@@ -468,15 +471,25 @@ def policy_loss(new_lp, old_lp, adv, weight, eps: float = 0.2, beta: float = 0.0
 
 # ----------------------------------------------------------------------------- [options], off by default
 
-def reference_penalty(new_lp, ref_lp, weight, beta: float):
-    """[option] --ref-kl-beta: β · k3 KL of the policy to a frozen reference, per target token,
-    weighted like the policy loss. The KL in policy_loss is to pi_old, the weights that
-    sampled: at --updates 1 it is exactly 0, so nothing there keeps a stage near where it
-    started. This term does (TraceRL's reference model). It is taken on the RL rows, i.e. on
-    states of the rollout block size, so it never sees a B=4 state: no guard of the B=4 skill
-    by itself (docs/design.md §7). Returns (loss, mean k3)."""
-    kl = k3(new_lp - ref_lp)
-    return beta * (weight * kl).sum(), kl.mean() if kl.numel() else kl.new_zeros(())
+def with_reference(loss, new_lp, rows: TraceRows, tok, weight, beta: float):
+    """[option] --ref-kl-beta: the loss plus β · k3 KL of the policy to a frozen reference on the
+    target tokens tok, weighted like the policy loss; (loss, mean k3), the loss unchanged without
+    a reference. The KL in policy_loss is to pi_old, the weights that sampled: at --updates 1 it
+    is exactly 0, so nothing there keeps a stage near where it started. This term does. It is
+    taken on the RL rows, states of the rollout block size, so it never sees a B=4 state: no
+    guard of the B=4 skill by itself (docs/design.md §7)."""
+    if rows.ref is None:
+        return loss, torch.zeros((), device=loss.device)
+    kl = k3(new_lp - rows.ref[tok])
+    return loss + beta * (weight * kl).sum(), kl.mean() if kl.numel() else kl.new_zeros(())
+
+
+def critic_responses(rewards, band):
+    """[option] --value-model: the responses that get rows. A_t = R − V(s_t) is non-zero even
+    where a whole group agrees, so every response of a group inside --acc-band is used."""
+    acc = rewards.mean(1)
+    in_band = (acc >= band[0]) & (acc <= band[1])
+    return in_band.repeat_interleave(rewards.shape[1]).nonzero().squeeze(1).tolist()
 
 
 def micro_batches(rows: TraceRows, chunk, size: int):
@@ -504,6 +517,8 @@ def option_inputs(model, rows: TraceRows, cfg: RLConfig, critic=None, ref=None):
     V_old of every target's state and A_t = R − V_old; --ref-kl-beta: the reference's
     log-probs. Returns (V_old, returns R), None without a critic."""
     v_old = ret = None
+    if rows is None:  # no rows on this rank
+        return v_old, ret
     dev = rows.old.device
     if cfg.shrink > 1:
         rows.old = over_packs(packed_logprobs, model, rows, cfg.micro_batch, dev, temperature=cfg.temperature)

@@ -3,6 +3,7 @@ the sampling temperature, the direct baseline's row budget, and the stops and ch
 with them. (The round-3 research options and their tests were removed in issue 28.)"""
 import argparse
 import copy
+from types import SimpleNamespace
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 import tracerl
 from model import GPT, GPTConfig
 from sample import generate, near_frontier
-from tracerl import reference_penalty, run_tracerl
+from tracerl import run_tracerl, with_reference
 from train import finite, run_ar, window_for
 from test_tracerl import rl_args
 from test_curriculum import ROOT, one_error_line
@@ -47,13 +48,16 @@ def test_generate_at_distance_1_commits_left_to_right(tiny_model, prompts):
 # ----------------------------------------------------------------------------- the reference KL
 
 def test_reference_penalty_value_and_gradient():
+    """The loss plus beta * sum(w * k3) against the reference; without one, the loss unchanged."""
+    assert with_reference(torch.tensor(1.5), None, SimpleNamespace(ref=None), None, None, 0.1)[0].item() == 1.5
     ref = torch.tensor([-0.5, -1.0, -2.0])
     delta = torch.tensor([0.3, -0.2, 0.0])
     w = torch.tensor([0.2, 0.3, 0.5])
     new = (ref + delta).requires_grad_()
-    loss, kl = reference_penalty(new, ref, w, 0.1)
+    rows = SimpleNamespace(ref=ref)
+    loss, kl = with_reference(torch.tensor(1.5), new, rows, torch.arange(3), w, 0.1)
     k3 = torch.exp(-delta) - 1 + delta
-    assert loss.item() == pytest.approx(0.1 * (w * k3).sum().item(), rel=1e-6)
+    assert loss.item() == pytest.approx(1.5 + 0.1 * (w * k3).sum().item(), rel=1e-6)
     assert kl.item() == pytest.approx(k3.mean().item(), rel=1e-6)
     loss.backward()
     assert torch.allclose(new.grad, 0.1 * w * (1 - torch.exp(-delta)))

@@ -23,11 +23,14 @@ pending tokens too); `generate` drops finished rows, so its real work is a littl
 
 Training-side table: tokens/s of one AR pre-training step (train.ar_loss) and one block-SFT
 step (train.sft_loss), forward + backward + AdamW, tokens = positions in the forward; and
-sequences/s of a TraceRL rollout (tracerl.rollout, which decodes with sample.generate;
---rl-fast adds the same decode through sample.generate_fast).
+sequences/s of a TraceRL rollout (tracerl.rollout, which decodes with sample.decode_blocks:
+the compiled sampler on CUDA, the eager one on CPU; --rl-fast adds the same decode
+through sample.generate_fast).
 
-Timing: each path is warmed up by one untimed call at each batch (the compiled one, on
-CUDA, at each block size too: new shapes), the paths of one configuration are timed in
+Timing: each path is warmed up by untimed calls at each batch: one, or for the compiled
+sampler on CUDA two at each block size (new shapes: the first call compiles them and runs
+each new graph once unrecorded; block 0's first step, a shape that comes once a call, is
+recorded as a CUDA graph only in the second). The paths of one configuration are timed in
 turns, and each keeps its fastest of up to --reps calls (the usual defence against other
 processes). Batch 1 decodes --seqs prompts one after another, so it is not one prompt's
 luck. On a shared machine only ratios from one run mean anything. On CUDA every timed
@@ -37,7 +40,9 @@ when other processes share the cores, OpenMP's hand-offs stall (on the 2-core ma
 was written on, under load, 2 threads made batch-1 AR decoding ~100x slower and the whole
 run 7 minutes instead of 40 s). On an idle machine try --threads 0 for large batches.
 The first run on a machine also compiles (CPU: gcc, a minute or more on 2 cores; the
-inductor cache in /tmp makes later runs start in seconds).
+inductor cache in /tmp makes later runs start in seconds). Where torch.compile cannot
+build (no C compiler: sample.compile_unavailable), one line on stderr says so and the
+compiled rows are left out.
 """
 import argparse
 import copy
@@ -52,7 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.task import encode_prompts, make_splits, task_tensors  # noqa: E402
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, pick_device  # noqa: E402
-from sample import generate_fast  # noqa: E402
+import sample  # noqa: E402
+from sample import compile_unavailable, generate_fast  # noqa: E402
 from sample import generate, generate_ar  # noqa: E402
 
 # Assumed hardware figures for the floors (override with flags): H100 SXM HBM3 and its
@@ -75,12 +81,20 @@ def timed(fn, dev):
     return time.perf_counter() - t0, out
 
 
+def warm_calls(name, dev):
+    """Untimed calls a path needs before it runs at full speed: one (it compiles, fills
+    caches), two for the compiled sampler on CUDA (see the docstring: CUDA-graph recording)."""
+    return 2 if name.startswith("compiled") and dev.type == "cuda" else 1
+
+
 def race(fns, dev, a, warm=None):
     """Time fns in turns: rounds until --min-time has passed (at least one, at most
-    --reps), after one untimed warm-up call of each fn whose warm flag is set (default
-    all: the first call compiles, fills caches). Returns, per fn, its fastest time and
-    its output."""
-    outs = [fn() if w else None for fn, w in zip(fns, warm or [True] * len(fns))]
+    --reps), after warm[i] untimed warm-up calls of fns[i] (default one each). Returns,
+    per fn, its fastest time and its output."""
+    outs = [None] * len(fns)
+    for i, (fn, n) in enumerate(zip(fns, warm or [1] * len(fns))):
+        for _ in range(n):
+            outs[i] = fn()
     sync(dev)
     best = [float("inf")] * len(fns)
     t0 = time.perf_counter()
@@ -169,7 +183,8 @@ def decode_table(model, prompts, a, dev, label):
                 # CPU its graphs have dynamic shapes, compiled once for all block sizes.
                 keys = [(name, B if name == "compiled" and dev.type == "cuda" else None)
                         for name, _ in paths]
-                results = race([f for _, f in paths], dev, a, [k not in warmed for k in keys])
+                results = race([f for _, f in paths], dev, a,
+                               [0 if k in warmed else warm_calls(k[0], dev) for k in keys])
                 warmed.update(keys)
                 for (name, _), (t, o) in zip(paths, results):
                     fwd, tok = block_forwards(o["fwd"], P, B, N)
@@ -225,12 +240,14 @@ def train_table(model, rows, a, dev, label):
     rl_prompts = rl_prompts.repeat_interleave(a.rl_k, 0).to(dev)
     fns = [lambda: tracerl.rollout(model, rows, rl_gen.manual_seed(0), n_prompts=a.rl_prompts, k=a.rl_k,
                                           block_size=B, threshold=a.threshold)]
-    names = ["TraceRL rollout (generate)"]
+    names = ["TraceRL rollout (decode_blocks)"]
+    warm = [warm_calls("compiled" if sample.COMPILE and dev.type in sample.COMPILED_ON else "eager", dev)]
     if a.compile and a.rl_fast:
         fns.append(lambda: generate_fast(model, rl_prompts, B, "dynamic", a.threshold, temperature=1.0,
                                          generator=rl_gen.manual_seed(0)))
         names.append("rollout decode (generate_fast, compiled)")
-    for name, (t, _) in zip(names, race(fns, dev, a)):
+        warm.append(warm_calls("compiled", dev))
+    for name, (t, _) in zip(names, race(fns, dev, a, warm)):
         table.append([label, name, str(B), str(n_seq), "-", f"{n_seq / t:,.1f} seq/s", f"{t * 1e3:.1f}"])
     return table
 
@@ -289,6 +306,11 @@ def main():
     for k, v in DEFAULTS["cuda" if dev.type == "cuda" else "cpu"].items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    why = compile_unavailable(dev.type) if a.compile else None
+    if why:
+        print(f"bench_decode: {why}; the compiled sampler's rows are left out", file=sys.stderr, flush=True)
+        a.compile = False
+        sample.COMPILE = False  # the rollouts' decode_blocks too, instead of its own failed try
     if a.ckpt:
         try:
             model, meta = load_checkpoint(a.ckpt, dev)

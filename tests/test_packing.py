@@ -111,19 +111,15 @@ def test_packed_loss_has_the_row_layout_gradient(tiny_model, prompts):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_packed_logprobs_on_cuda_equal_the_cpu_ones_cuda(tiny_model, prompts):
+def test_packed_logprobs_on_cuda_equal_the_cpu_ones_cuda(tiny_model, prompts, no_tf32):
     """The packed rows on the GPU (per-row masks and positions through SDPA's CUDA kernels) give
-    the CPU's log-probs, fp32 and TF32 off (TF32 alone would move them by ~1e-3)."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        model = copy.deepcopy(tiny_model).float()
-        ro = _rollouts(model, prompts, 8)
-        resp = list(range(prompts.shape[0]))
-        rows = build_rows(ro, resp, torch.ones(len(resp)), len(resp), 8, 1, "cpu")
-        every = torch.arange(len(rows))
-        cpu = packed_logprobs(model, rows, every, "cpu")
-        gpu = packed_logprobs(model.cuda(), rows, every, "cuda")
-        assert torch.allclose(cpu, gpu.cpu(), atol=1e-4, rtol=0)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+    the CPU's log-probs, fp32 and TF32 off (TF32 alone would move them by ~1e-3). Eager on both
+    (sample.generate, no torch.compile), so it needs no C compiler."""
+    model = copy.deepcopy(tiny_model).float()
+    ro = _rollouts(model, prompts, 8)
+    resp = list(range(prompts.shape[0]))
+    rows = build_rows(ro, resp, torch.ones(len(resp)), len(resp), 8, 1, "cpu")
+    every = torch.arange(len(rows))
+    cpu = packed_logprobs(model, rows, every, "cpu")
+    gpu = packed_logprobs(model.cuda(), rows, every, "cuda")
+    assert torch.allclose(cpu, gpu.cpu(), atol=1e-4, rtol=0)

@@ -126,18 +126,25 @@ def commit_order(fwd, block_size: int):
     """Within-block commit order of every position of a trace fwd [..., A]: 0 for the tokens
     the block's first denoising step committed, 1 for its second, and so on; -1 where
     never decoded. The one definition of "the r-th step of a block" that TraceRL's rounds
-    (traces.round_index) and the schedule analysis (schedule.py) share. A row's forward
-    indices are global (they keep counting across blocks), so the order is counted per block."""
+    (tracerl.round_index) and the schedule analysis (schedule.py) share. A row's forward
+    indices are global (they keep counting across blocks), so the order is counted per block:
+    a block's r-th step is the r-th smallest forward index among its positions."""
     *lead, A = fwd.shape
-    f = F.pad(fwd, (0, (-A) % block_size), value=-1).view(*lead, -1, block_size)
-    dec = f >= 0
-    i = torch.arange(block_size, device=fwd.device)
-    # count each distinct forward index once: at its leftmost position in the block
-    seen_left = ((f[..., :, None] == f[..., None, :]) & (i[None, :] < i[:, None])).any(-1)
-    first = dec & ~seen_left
-    # order = how many distinct earlier forwards committed something in this block
-    order = ((f[..., None, :] < f[..., :, None]) & first[..., None, :]).sum(-1)
-    return torch.where(dec, order, -1).view(*lead, -1)[..., :A]
+    # [..., blocks, B], the answer's end padded with -1 (never decoded) to whole blocks
+    blocks = F.pad(fwd, (0, (-A) % block_size), value=-1).view(*lead, -1, block_size)
+    never = torch.iinfo(fwd.dtype).max
+    left = blocks.masked_fill(blocks < 0, never)  # the forwards not ranked yet
+    order = torch.full_like(blocks, -1, dtype=torch.long)
+    r = 0
+    while True:  # at most block_size times: every block's earliest forward not ranked yet is step r
+        earliest = left.min(-1, keepdim=True).values
+        now = (left == earliest) & (left < never)
+        if not now.any():
+            break
+        order[now] = r
+        left = left.masked_fill(now, never)
+        r += 1
+    return order.view(*lead, -1)[..., :A]
 
 
 def outputs(tokens, fwd, logp, nfe):

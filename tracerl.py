@@ -305,47 +305,48 @@ def row_logprobs(model, prompts, clean, noisy_mask, target, block_size: int, tem
 
 def pack_response(prompt, clean, fwd, block_size: int, shrink: int = 1, max_len: int = 128):
     """All trace rows of one response packed into few training sequences (ours; docs/design.md
-    §7): [prompt | clean blocks | noisy copies of blocks], one noisy copy of block b for every
-    round r with targets in b.
+    §6): [prompt | clean blocks | noisy copies of blocks], one noisy copy of block b for every
+    round r with targets in b: block b as round r saw it (every position of round >= r
+    masked), its targets the positions of round r. That is block b's part of the trace row
+    of round r (`trace_rows`, the definition), and the copies below are exactly those parts.
 
     The rows of a response share their prompt and clean copy, and a noisy block sees only
     the prompt, the clean blocks before it and itself (model.attention_mask), so the noisy
     copies of every round can sit side by side, each seeing only itself (its `copy` id).
     Copies of a block at rounds without a target in it, clean blocks after the last one a
     copy needs and never-decoded blocks feed no target and are left out. Every target token
-    keeps exactly the context it has in its trace row (`trace_rows`, the definition), so its
-    log-prob is the same number from far fewer tokens (tests check it against row_logprobs).
-    Attention costs the square of a sequence's length, so the copies are spread over as many
-    sequences as keep each within about `max_len` tokens (at least one copy each).
+    keeps exactly the context it has in its trace row, so its log-prob is the same number
+    from far fewer tokens (tests check it against row_logprobs). Attention costs the square
+    of a sequence's length, so the copies are spread over as many sequences as keep each
+    within about `max_len` tokens (at least one copy each).
 
     Returns a list of dicts of [T] tensors: tokens, label (the clean token each position
     predicts), pos, block (-1: prompt), noisy, copy (a noisy copy's round), target; answer_pos
     [n_targets] (where each target sits in the answer); rounds (the response's number of
     trace rows, on its first sequence; 0 on the others)."""
     P, A, B = prompt.shape[0], clean.shape[0], block_size
-    rounds = round_index(fwd, B, shrink)          # [A]; never decoded: a large number
+    rounds = round_index(fwd, B, shrink)  # [A]; never decoded: a large number
     decoded = fwd >= 0
-    if not decoded.any():
+    copies = []  # (block b, round r, b's answer positions), block by block, round by round
+    for b in range(math.ceil(A / B)):
+        at = torch.arange(b * B, min(b * B + B, A))  # a last block may be cut short by the answer's end
+        for r in rounds[at][decoded[at]].unique().tolist():
+            copies.append((b, r, at))
+    if not copies:
         return []
-    n_blocks = int(decoded.nonzero().max()) // B + 1
-    end = min(n_blocks * B, A)
-    # how many rounds each block took: its largest round + 1 (0 for a block never decoded)
-    n_r = torch.zeros(n_blocks, dtype=torch.long).scatter_reduce(
-        0, torch.arange(end) // B, torch.where(decoded[:end], rounds[:end] + 1, 0), "amax")
-    # the noisy copies, (block b, round r) for every r < n_r[b], in that order
-    c_block = torch.repeat_interleave(torch.arange(n_blocks), n_r)
-    c_round = torch.arange(len(c_block)) - torch.repeat_interleave(n_r.cumsum(0) - n_r, n_r)
+    end = min((copies[-1][0] + 1) * B, A)  # the answer up to its last decoded block
     per_seq = max(1, (max_len - P - end) // B)
     packs = []
-    for j in range(0, len(c_block), per_seq):
-        cb, cr = c_block[j:j + per_seq], c_round[j:j + per_seq]
-        at = cb[:, None] * B + torch.arange(B)[None, :]    # [copies, B] answer positions
-        real = at < A                                      # a last block cut short by the answer's end
-        at, cb, cr = at[real], cb[:, None].expand(real.shape)[real], cr[:, None].expand(real.shape)[real]
-        need = min(int(cb.max()) * B, A)                   # the clean blocks before the last copy's block
+    for j in range(0, len(copies), per_seq):
+        part = copies[j:j + per_seq]
+        need = min(part[-1][0] * B, A)  # the clean blocks before the last copy's block
+        at = torch.cat([a for _, _, a in part])  # every noisy token's answer position,
+        cb = torch.cat([torch.full_like(a, b) for b, _, a in part])  # its block
+        cr = torch.cat([torch.full_like(a, r) for _, r, a in part])  # and its copy's round
         n = len(at)
+        # each copy as its round saw it (round >= r masked), its targets the positions of round r
         pack = dict(
-            tokens=torch.cat([prompt, clean[:need], clean[at].masked_fill(rounds[at] >= cr, MASK_ID)]),  # as round r saw it
+            tokens=torch.cat([prompt, clean[:need], clean[at].masked_fill(rounds[at] >= cr, MASK_ID)]),
             label=torch.cat([prompt, clean[:need], clean[at]]),
             pos=torch.cat([torch.arange(P), P + torch.arange(need), P + at]),
             block=torch.cat([torch.full((P,), -1), torch.arange(need) // B, cb]),
@@ -353,7 +354,7 @@ def pack_response(prompt, clean, fwd, block_size: int, shrink: int = 1, max_len:
             copy=torch.cat([torch.zeros(P + need, dtype=torch.long), cr]),
             target=torch.cat([torch.zeros(P + need, dtype=torch.bool), rounds[at] == cr]))
         pack["answer_pos"] = pack["pos"][pack["target"]] - P
-        pack["rounds"] = int(n_r.max()) if j == 0 else 0
+        pack["rounds"] = max(r for _, r, _ in copies) + 1 if j == 0 else 0
         packs.append(pack)
     return packs
 

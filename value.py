@@ -8,7 +8,7 @@ A value belongs to a state, and in TraceRL a token's state is the trace row in w
 is a target: the noisy copy where it (and every token decoded at its step or later) is
 still masked. So V(s_t) is read at the token's own position of the noisy copy in that
 row, in the same training layout and the same flat target order as the policy's
-log-probs (traces.row_logprobs).
+log-probs (tracerl.row_logprobs).
 
 With γ = λ = 1 and a single reward at the end of the response, every state's return is
 the response's reward R, and GAE reduces to A_t = R − V(s_t): the critic replaces the
@@ -51,7 +51,7 @@ class ValueModel(nn.Module):
 def row_values(vm, prompts, clean, noisy_mask, target, block_size: int):
     """V(state each target token was decoded from), for a batch of trace rows: read at the
     target's position in the noisy copy of the row where it is a target. Same arguments
-    and flat [T] row-major order as traces.row_logprobs."""
+    and flat [T] row-major order as tracerl.row_logprobs."""
     P, A = prompts.shape[1], clean.shape[1]
     return vm(*training_input(prompts, clean, noisy_mask, block_size))[:, P + A:][target]
 

@@ -38,7 +38,7 @@ def test_round_index_by_hand():
 
 
 def test_commit_order_matches_a_per_block_reference():
-    """sample.commit_order (vectorised, any leading shape, A not a multiple of B) against
+    """sample.commit_order (any leading shape, A not a multiple of B) against
     the plain definition: the index of a position's forward among its block's sorted
     distinct forwards."""
     g = torch.Generator().manual_seed(0)

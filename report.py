@@ -11,8 +11,8 @@ rows, the checkpoints' RL histories, the seed folders' results.json) and turns i
   * frontier.png (accuracy vs TPF) and rewards.png (reward per RL step), via plots.py,
     each skipped with one line when matplotlib is missing;
   * aggregate.md / aggregate.json over training seeds (--seeds): mean and min-max;
-  * the scale table over several finished runs (one row per run folder), from the command line:
-        python report.py --scale runs/w runs/scale/L8 runs/scale/sft3000 --out docs/scale.md
+  * the frontier comparison over finished runs (one row per seed), from the command line:
+        python report.py --frontier runs/tstar --out frontier.md
 A row is keyed by (checkpoint, decode B, rule, θ): the frontier sweep puts several
 dynamic rows, one per θ, in every (checkpoint, B) cell.
 """
@@ -22,7 +22,6 @@ import json
 import os
 
 import plots
-from model import GPT, GPTConfig
 
 # eight levels of a reward in [0, 1]: the reward curve fits one terminal line
 SPARK = "▁▂▃▄▅▆▇█"
@@ -295,52 +294,6 @@ def load_seed_results(folder):
         return out, json.load(f)
 
 
-def scale_row(folder, threshold=0.9):
-    """One scale-table row: the model, its supervised budget, the B=B0 SFT model at every block
-    size (dynamic at `threshold` and left-to-right), and T*, direct and no-RL at the last B.
-    Cells are the mean over the folder's seeds, with min-max when there are several."""
-    per_seed, st = load_seed_results(folder)
-    cfg = GPTConfig(**st["model"])
-    params = sum(p.numel() for p in GPT(cfg).parameters())
-    keys = per_seed[0].keys()
-    blocks = sorted({k[1] for k in keys})
-    B0, Bl = blocks[0], blocks[-1]
-
-    def cell(method, B, rule):
-        key = (method, B, rule, threshold if rule == "dynamic" else None)
-        acc = [100 * p[key]["accuracy"] for p in per_seed if key in p]
-        if len(acc) < len(per_seed):
-            return "-"  # a decode some seed did not run (an older run without the ltr sweep)
-        mean = sum(acc) / len(acc)
-        return f"{mean:.1f}" + (f" ({min(acc):.0f}-{max(acc):.0f})" if len(acc) > 1 else "")
-
-    gap = [100 * (p[(f"tstar{Bl}", Bl, "dynamic", threshold)]["accuracy"]
-                  - p[(f"direct{Bl}", Bl, "dynamic", threshold)]["accuracy"]) for p in per_seed]
-    sft = f"sft{B0}"
-    # a run that decodes within a commit distance (--commit-distance) says so in its name
-    dist_at = [(B, per_seed[0][(sft, B, "dynamic", threshold)].get("distance", 0)) for B in blocks]
-    name = os.path.normpath(folder) + "".join(f", D={d} at B={B}" for B, d in dist_at if d)
-    return ([name, f"{params / 1e6:.2f}M", f"{cfg.n_layer}x{cfg.n_embd}",
-             f"{st['ar_steps']}/{st['sft_steps']}", str(len(per_seed))]
-            + [cell(sft, B, rule) for B in blocks for rule in ("dynamic", "ltr")]
-            + [cell(f"{m}{Bl}", Bl, "dynamic") for m in ("tstar", "direct", "norl")]
-            + [", ".join(f"{g:+.1f}" for g in gap)]), blocks
-
-
-def scale_table(folders, threshold=0.9):
-    """The scale table: one row per finished run folder, as markdown lines."""
-    rows = [scale_row(f, threshold) for f in folders]
-    blocks = rows[0][1]
-    if any(b != blocks for _, b in rows):
-        raise SystemExit("error: the runs decode different block sizes; give runs of one --stages ladder")
-    B0, Bl = blocks[0], blocks[-1]
-    head = (["run", "params", "layers x width", "AR/SFT steps", "seeds"]
-            + [f"sft{B0} @{B} {rule}" for B in blocks for rule in ("dyn", "ltr")]
-            + [f"T*@{Bl}", f"direct@{Bl}", f"no-RL@{Bl}", "T* - direct (per seed)"])
-    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            + ["| " + " | ".join(r) + " |" for r, _ in rows])
-
-
 def curve(per, method, B):
     """A checkpoint's frontier at block size B: its (TPF, accuracy) points over every decode
     of the sweep (dynamic at each θ, static, ltr), sorted by TPF."""
@@ -408,35 +361,22 @@ def matched_tpf_table(folders, threshold=0.9):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="tables over finished runs")
-    what = ap.add_mutually_exclusive_group(required=True)
-    what.add_argument("--scale", nargs="+", metavar="RUN",
-                      help="finished run folders (one seed, or a --seeds parent); one table row each")
-    what.add_argument("--frontier", nargs="+", metavar="RUN",
-                      help="finished run folders: per seed, each method's best accuracy at the last B above "
-                           "the B0 model's TPF, and its accuracy at that TPF (matched)")
+    ap = argparse.ArgumentParser(description="the frontier comparison over finished runs")
+    ap.add_argument("--frontier", nargs="+", metavar="RUN", required=True,
+                    help="finished run folders: per seed, each method's best accuracy at the last B above "
+                         "the B0 model's TPF, and its accuracy at that TPF (matched)")
     ap.add_argument("--threshold", type=float, default=0.9, help="θ of the dynamic cells (and of the reference)")
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = ap.parse_args()
-    runs = a.scale or a.frontier
-    table = scale_table(runs, a.threshold) if a.scale else matched_tpf_table(runs, a.threshold)
-    text = "\n".join(table) + "\n"
+    text = "\n".join(matched_tpf_table(a.frontier, a.threshold)) + "\n"
     print(text, end="")
     if a.out:  # the file says how it was made and how to read it
-        if a.scale:
-            head = ["# Scale table", "", "    python report.py --scale " + " ".join(runs), "",
-                    f"Accuracy %, greedy, on the test split; dynamic = θ {a.threshold}, ltr = one token per step "
-                    "left to right; a row over several seeds shows the mean (min-max). sft cells: the first "
-                    "stage's SFT model decoded at every block size; T*, direct, no-RL: the last stage's "
-                    "checkpoints at the last block size. D = the commit distance a --commit-distance run "
-                    "decodes with.", ""]
-        else:
-            head = ["# Frontier comparison", "", "    python report.py --frontier " + " ".join(runs), "",
-                    f"Accuracy %, greedy, on the test split. ref = the first stage's SFT model at its own block "
-                    f"(dynamic θ {a.threshold}). 'best above ref TPF': the highest accuracy / its TPF among "
-                    "every decode of the sweep (dynamic θ, static, ltr) whose TPF beats the ref's; 'at ref "
-                    "TPF': accuracy interpolated on the checkpoint's accuracy-TPF curve at the ref's TPF "
-                    "(matched parallelism). The last column: T* keeps >= 80 % of the ref accuracy at a higher "
-                    "TPF (our bar for the paper's effect).", ""]
+        head = ["# Frontier comparison", "", "    python report.py --frontier " + " ".join(a.frontier), "",
+                f"Accuracy %, greedy, on the test split. ref = the first stage's SFT model at its own block "
+                f"(dynamic θ {a.threshold}). 'best above ref TPF': the highest accuracy / its TPF among "
+                "every decode of the sweep (dynamic θ, static, ltr) whose TPF beats the ref's; 'at ref "
+                "TPF': accuracy interpolated on the checkpoint's accuracy-TPF curve at the ref's TPF "
+                "(matched parallelism). The last column: T* keeps >= 80 % of the ref accuracy at a higher "
+                "TPF (our bar for the paper's effect).", ""]
         with open(a.out, "w") as f:
             f.write("\n".join(head) + "\n" + text)

@@ -1,4 +1,6 @@
 #!/bin/bash
+# Runs on today's code; its --reach-previous call in docs/experiments.md (E12-E17) needs commit 831d74e,
+# the last with that flag: git worktree add ../old 831d74e
 # Experiment helper (docs/experiments.md E10-E13), run from the repo root.
 # usage: docs/scripts/launch_seed.sh NAME SEED [flags...]: wait for runs/base_sSEED/sft4.pt, copy the base, run the ladder
 name=$1; s=$2; shift 2

@@ -1,4 +1,6 @@
 #!/bin/bash
+# Runs on today's code; most of its calls in docs/experiments.md (E19-E38) pass flags removed in issue 28
+# (--grow-spread, --ref-to, ...): those need commit 831d74e, the last with them: git worktree add ../old 831d74e
 # Experiment helper (docs/experiments.md E19-), run from the repo root.
 # usage: docs/scripts/variant.sh BASE NAME SEED [flags...]
 #   waits for BASE/seedSEED/sft4.pt (a default ladder, e.g. runs/def), copies its AR and SFT

@@ -43,6 +43,9 @@ from model import (GPT, CheckpointError, GPTConfig, add_model_args, config_from_
 # The supervised budgets of the base, shared by train.py and curriculum.py: the arithmetic is
 # learned late, so shorter runs give a much weaker base (docs/experiments.md).
 AR_STEPS, SFT_STEPS = 2000, 1000
+# Steps between the supervised loop's finiteness checks: each check is a host sync, which on a
+# GPU stalls a launch-bound step, and a blow-up then costs at most this many wasted steps.
+CHECK_EVERY = 10
 
 
 def warmup_cosine(step: int, total: int, lr: float, warmup: int) -> float:
@@ -78,17 +81,19 @@ def ar_loss(model, prompts, answers, lens, part=slice(None)):
 
 
 def sft_loss(model, prompts, answers, block_size: int, gen: torch.Generator, offsets: bool = True,
-             part=slice(None)):
+             part=slice(None), host: torch.Generator = None):
     """Masked-diffusion CE in the [prompt | clean | noisy] layout at block_size. The noise
     is drawn for the whole batch, then `part` picks this rank's rows, so every rank sees
-    the same noise a single process would. Returns ce_sum's (sum, count)."""
+    the same noise a single process would. The grid shift comes from `host` (default: gen;
+    see host_twin). Returns ce_sum's (sum, count)."""
     N, A = answers.shape
     dev = answers.device
+    host = gen if host is None else host
     t = torch.rand(N, 1, generator=gen, device=dev) * 0.9 + 0.1
     m = torch.rand(N, A, generator=gen, device=dev) < t
     force = torch.randint(A, (N,), generator=gen, device=dev)
     m[torch.arange(N, device=dev), force] |= ~m.any(1)  # at least one masked token
-    shift = int(torch.randint(block_size, (1,), generator=gen, device=dev)) if offsets else 0
+    shift = int(torch.randint(block_size, (1,), generator=host, device=host.device)) if offsets else 0
     prompts, answers, m = prompts[part], answers[part], m[part]
     idx, pos, mask = training_input(prompts, answers, m, block_size, shift)
     tgt = torch.cat([torch.full_like(prompts, -1), torch.full_like(answers, -1),
@@ -131,8 +136,8 @@ def tail_mix(stages, tail: float):
 
 
 def draw_block(mix, gen: torch.Generator) -> int:
-    """One SFT batch's block size, drawn from `mix` with the batch's generator (every rank
-    draws the same one). A single-entry mix draws nothing, so the pure-B loss consumes the
+    """One SFT batch's block size, drawn from `mix` with the batch's host generator (host_twin;
+    every rank draws the same one). A single-entry mix draws nothing, so the pure-B loss consumes the
     random stream exactly as it did before mixes existed."""
     if len(mix) == 1:
         return mix[0][0]
@@ -168,11 +173,25 @@ def release_memory():
         pass
 
 
+def weight_sum(model) -> torch.Tensor:
+    """Sum of |w| over all weights, on the device, in a few fused kernels: finite iff every weight
+    is (a sum keeps nan and inf on every backend, and overflows only past 3e38)."""
+    return torch.stack(torch._foreach_norm(list(model.parameters()), 1)).sum()
+
+
 def finite(model) -> bool:
-    """Are all weights finite? Checked after every optimiser step of every stage: a finite
-    loss and gradient norm do not guarantee it (a huge learning rate overflows the update
-    itself), and a blown-up model otherwise dies later, deep inside the sampler or the loss."""
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())  # one host sync
+    """Are all weights finite? Checked after every RL step and in the supervised loop's checks:
+    a finite loss and gradient norm do not guarantee it (a huge learning rate overflows the
+    update itself), and a blown-up model otherwise dies later, deep inside the sampler or the loss."""
+    return bool(torch.isfinite(weight_sum(model)))  # one host sync
+
+
+def host_twin(gen: torch.Generator, seed: int) -> torch.Generator:
+    """The generator of the numbers the host itself needs (an SFT batch's block size and grid
+    shift). On CPU it is `gen`, so the draws and their order are what they always were; on
+    CUDA it is a CPU generator seeded alike, since reading a device draw back stalls the host
+    until the device queue drains (a host sync every step)."""
+    return gen if gen.device.type == "cpu" else torch.Generator().manual_seed(seed)
 
 
 def blew_up(where: str, what: str, flag: str, lr: float) -> FloatingPointError:
@@ -183,9 +202,9 @@ def blew_up(where: str, what: str, flag: str, lr: float) -> FloatingPointError:
 def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, test_data,
                seed: int = 0, warmup: int = 50, eval_every: int = 100, log_every: int = 10,
                name: str = "train", lr_flag: str = "--lr"):
-    """The flat loop shared by both stages. loss_fn(model, batch_tensors, gen, part) ->
-    (summed loss, token count) over the rows `part` of the batch. Returns the final
-    held-out loss.
+    """The flat loop shared by both stages. loss_fn(model, batch_tensors, gen, host, part) ->
+    (summed loss, token count) over the rows `part` of the batch, drawing on the device from
+    `gen` and on the host from `host` (host_twin). Returns the final held-out loss.
 
     Under torchrun every rank draws the same global batch and noise from the shared-seed
     `gen` and takes rows rank::world of it; the loss is divided by the global token
@@ -197,16 +216,18 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
     part = slice(dist.rank(), None, dist.world())
     dist.broadcast_params(model)
     gen = torch.Generator(device=dev).manual_seed(seed)
+    host = host_twin(gen, seed)
     eval_gen = torch.Generator(device=dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01,
                             fused=dev.type == "cuda")
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     n = data[0].shape[0]
     held_out = None  # no held-out loss until the first evaluation
+    losses = []  # the global mean loss of each step since the last check, on the device
 
     def global_mean(loss_sum, count):
         tot = dist.all_reduce_sum(torch.stack([loss_sum.detach().float(), count.float()]))
-        return tot[1], (tot[0] / tot[1]).item()
+        return tot[1], tot[0] / tot[1]
 
     def held_out_loss():
         model.eval()
@@ -215,9 +236,26 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
         # are enough for a steady curve and cheap at every eval.
         eval_gen.manual_seed(1234)
         with torch.no_grad(), autocast:
-            loss = global_mean(*loss_fn(model, [x[:512] for x in test_data], eval_gen, part))[1]
+            batch = [x[:512] for x in test_data]
+            loss = global_mean(*loss_fn(model, batch, eval_gen, host_twin(eval_gen, 1234), part))[1].item()
         model.train()
         return loss
+
+    def check(step):
+        """Stop at the first non-finite loss since the last check, or at weights no longer
+        finite (see finite). One host sync for all of it; every rank reads the same global
+        losses and weights, so they all stop alike. Returns this step's loss."""
+        read = torch.cat([torch.stack(losses).double(), weight_sum(model).double()[None]])
+        *window, weights = read.tolist()
+        first = step + 1 - len(window)
+        for s, v in enumerate(window, first):
+            if not math.isfinite(v):
+                raise blew_up(f"{name} step {s + 1}", f"the loss is {v}", lr_flag, lr)
+        if not math.isfinite(weights):
+            span = f"step {step + 1}" if first == step else f"steps {first + 1}-{step + 1}"
+            raise blew_up(f"{name} {span}", "the weights are no longer finite after the update", lr_flag, lr)
+        losses.clear()
+        return window[-1]
 
     model.train()
     t0 = time.time()
@@ -226,21 +264,23 @@ def train_loop(model, loss_fn, steps: int, lr: float, batch_size: int, data, tes
             g["lr"] = warmup_cosine(step, steps, lr, min(warmup, steps // 10 + 1))
         idx = torch.randint(n, (batch_size,), generator=gen, device=dev)
         with autocast:
-            loss_sum, count = loss_fn(model, [x[idx] for x in data], gen, part)
-        n_tok, loss_value = global_mean(loss_sum, count)
-        if not math.isfinite(loss_value):
-            raise blew_up(f"{name} step {step + 1}", f"the loss is {loss_value}", lr_flag, lr)
+            loss_sum, count = loss_fn(model, [x[idx] for x in data], gen, host, part)
+        n_tok, loss = global_mean(loss_sum, count)
+        losses.append(loss)
         opt.zero_grad(set_to_none=True)
         (loss_sum / n_tok).backward()
         dist.all_reduce_grads(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if not finite(model):
-            raise blew_up(f"{name} step {step + 1}", "the weights are no longer finite after the update",
-                          lr_flag, lr)
+        logged = step % log_every == 0 or step + 1 == steps
+        # The host reads the losses and the weights only every CHECK_EVERY steps, at logged steps
+        # and at the last: each read waits for the device. A blow-up in between is caught by
+        # the next check (non-finite weights stay so), always before anything is saved.
+        if step % CHECK_EVERY == 0 or logged:
+            loss_value = check(step)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             held_out = held_out_loss()
-        if step % log_every == 0 or step + 1 == steps:
+        if logged:
             shown = "-" if held_out is None else f"{held_out:.4f}"  # '-' (not nan) until the first eval
             print(f"{name} step {step + 1:5d}/{steps} | loss {loss_value:.4f} | held-out {shown} "
                   f"| lr {opt.param_groups[0]['lr']:.1e} | {time.time() - t0:6.1f}s", flush=True)
@@ -255,8 +295,8 @@ def run_ar(cfg: GPTConfig, task: dict, train_set, test_set, steps, lr, batch_siz
     print(f"AR pre-training: {model.num_params() / 1e6:.2f}M parameters, {steps} steps, device {device}")
     data = [x.to(device) for x in task_tensors(train_set, cfg.prompt_len, cfg.answer_len)]
     test = [x.to(device) for x in task_tensors(test_set, cfg.prompt_len, cfg.answer_len)]
-    loss = train_loop(model, lambda m, b, g, part: ar_loss(m, *b, part), steps, lr, batch_size, data, test,
-                      seed, log_every=log_every, name="ar", lr_flag="--ar-lr")
+    loss = train_loop(model, lambda m, b, g, host, part: ar_loss(m, *b, part), steps, lr, batch_size, data,
+                      test, seed, log_every=log_every, name="ar", lr_flag="--ar-lr")
     return model, dict(stage="ar", steps=steps, lr=lr, held_out_loss=loss, task=task, seed=seed)
 
 
@@ -272,8 +312,8 @@ def run_sft(model, task: dict, train_set, test_set, block_size, steps, lr, batch
     data = [x.to(dev) for x in task_tensors(train_set, cfg.prompt_len, cfg.answer_len)[:2]]
     test = [x.to(dev) for x in task_tensors(test_set, cfg.prompt_len, cfg.answer_len)[:2]]
     # the held-out loss is measured at block_size (a mix draws its block per training batch)
-    loss_fn = lambda m, b, g, part: sft_loss(m, *b, draw_block(mix, g) if m.training else block_size,
-                                             g, offsets, part)
+    loss_fn = lambda m, b, g, host, part: sft_loss(m, *b, draw_block(mix, host) if m.training else block_size,
+                                                   g, offsets, part, host)
     loss = train_loop(model, loss_fn, steps, lr, batch_size, data, test, seed, log_every=log_every,
                       name=name or f"sft{block_size}", lr_flag="--sft-lr")
     return model, dict(stage="sft", block_size=block_size, steps=steps, lr=lr, offsets=offsets,

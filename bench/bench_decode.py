@@ -204,7 +204,7 @@ def row(model, label, path, B, rule, N, secs, out, fwd, tokens_per_fwd, ar_tps, 
 def train_table(model, rows, a, dev, label):
     """Tokens/s of one AR and one block-SFT optimiser step; rollout sequences/s."""
     import tracerl
-    from train import ar_loss, sft_loss
+    from train import ar_loss, host_twin, sft_loss
     cfg = model.cfg
     P, A = cfg.prompt_len, cfg.answer_len
     prompts, answers, lens = (x[:a.train_batch].to(dev) for x in task_tensors(rows, P, A))
@@ -213,6 +213,7 @@ def train_table(model, rows, a, dev, label):
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=dev.type == "cuda")
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
+    host = host_twin(gen, 0)  # the grid shift drawn on the host, as train_loop draws it
     B = a.rl_block_size
 
     def step(loss_fn):
@@ -225,8 +226,9 @@ def train_table(model, rows, a, dev, label):
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
 
+    sft = lambda: sft_loss(m, prompts, answers, B, gen, host=host)
     (t_ar, _), (t_sft, _) = race([lambda: step(lambda: ar_loss(m, prompts, answers, lens)),
-                                  lambda: step(lambda: sft_loss(m, prompts, answers, B, gen))], dev, a)
+                                  lambda: step(sft)], dev, a)
     table = [[label, "AR pre-train step", "-", str(N), f"{N * (P + A - 1) / t_ar:,.0f} tok/s",
               f"{N / t_ar:,.1f} seq/s", f"{t_ar * 1e3:.1f}"],
              [label, "block-SFT step", str(B), str(N), f"{N * (P + 2 * A) / t_sft:,.0f} tok/s",

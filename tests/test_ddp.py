@@ -53,10 +53,10 @@ def supervised(kind):
     data = list(task_tensors(train, CFG.prompt_len, CFG.answer_len))
     held = list(task_tensors(test, CFG.prompt_len, CFG.answer_len))
     if kind == "ar":
-        fn = lambda m, b, g, part: ar_loss(m, *b, part)
+        fn = lambda m, b, g, host, part: ar_loss(m, *b, part)
     else:
         data, held = data[:2], held[:2]
-        fn = lambda m, b, g, part: sft_loss(m, *b, 4, g, True, part)
+        fn = lambda m, b, g, host, part: sft_loss(m, *b, 4, g, True, part, host)
     train_loop(model, fn, 2, 1e-2, 7, data, held, seed=0, warmup=1, log_every=1000)
     return {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -68,7 +68,7 @@ from train import AR_STEPS, SFT_STEPS, release_memory, run_ar, run_sft, tail_mix
 #   quick: a smoke run of a couple of minutes (it shows the pipeline works, not a result).
 #   gpu:   a 9.9M-parameter model, 4x the supervised steps at 4x the batch, 2-4x the rollouts
 #          per RL step, the first stage at least the CPU's 150 steps with its curve every 10.
-#          Not yet measured on a GPU (none has been lent to this repo); tests run it on CPU.
+#          Its timings are not measured on a GPU yet; tests run it on CPU.
 CPU = dict(n_layer=4, n_head=4, n_embd=128, batch_size=64, ar_steps=AR_STEPS, sft_steps=SFT_STEPS,
            ar_lr=1e-3, sft_lr=1e-3, first_stage_steps=150, first_stage_prompts=64, first_stage_lr=1e-4,
            first_stage_lr_schedule="cosine", stage_steps=30, n_prompts=32, k=8, lr=3e-5, curve_every=25,
@@ -286,8 +286,8 @@ class Run:
     def add_time(self):
         """Add the seconds since the last call (or since this invocation started) to
         wall.json and return the record {seconds, invocations}. The report's wall time is
-        the whole run's: a resume adds its own seconds instead of replacing the first run's
-        (a resume with nothing left to do used to report 0.0 min)."""
+        the whole run's: a resume adds its own seconds instead of replacing the first run's,
+        so a resume with nothing left to do still reports the run's time."""
         now = time.time()
         self.wall["seconds"] += now - self._clock
         self._clock = now

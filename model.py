@@ -13,7 +13,7 @@ per-position block id (docs/design.md §3):
 
 Every path runs the same transformer, `GPT.hidden` (tokens, positions, mask, optionally
 a KV cache to attend to): `forward` (training and TraceRL's recomputation), `decode_step`
-(the block sampler), `decode_ar` (AR decoding), fast_sample's compiled step and the value
+(the block sampler), `decode_ar` (AR decoding), sample.generate_fast's compiled step and the value
 model only build its inputs and read its output.
 
 Prediction convention (SDAR's): the output at a masked position predicts the token at

@@ -306,7 +306,7 @@ def generate_ar(model, prompts, temperature: float = 0.0, generator: torch.Gener
 # by-index flag, the temperature, greedy or sampled), so a ladder compiles two graphs: a block's
 # first step (fused with the cache write of the pending tokens) and its later steps (no pending
 # tokens, a size the compiler specialises). A batch of 1 is padded to 2 for the same reason, and an
-# evaluation's ragged last batch to its full size (pad_to). tests/test_fast_sample.py counts them.
+# evaluation's ragged last batch to its full size (pad_to). tests/test_compiled_path.py counts them.
 
 @functools.lru_cache(maxsize=64)
 def _block_layouts(P: int, A: int, S: int, block_size: int, device: str):

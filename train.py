@@ -137,8 +137,8 @@ def tail_mix(stages, tail: float):
 
 def draw_block(mix, gen: torch.Generator) -> int:
     """One SFT batch's block size, drawn from `mix` with the batch's host generator (host_twin;
-    every rank draws the same one). A single-entry mix draws nothing, so the pure-B loss consumes the
-    random stream exactly as it did before mixes existed."""
+    every rank draws the same one). A single-entry mix draws nothing, so a single block size's loss draws
+    no extra random numbers."""
     if len(mix) == 1:
         return mix[0][0]
     u, acc = float(torch.rand(1, generator=gen, device=gen.device)), 0.0

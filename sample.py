@@ -79,6 +79,16 @@ def sample_tokens(lp_all, u):
     return idx.clamp(max=lp_all.shape[-1] - 1)  # NaN logits search past the end: stay a token
 
 
+def non_finite(logits):
+    """0-dim bool: are any logits NaN or +inf? Weights blown up by an update give nonsense tokens
+    otherwise; -inf is fine (GPT.head's <|mask|> and <|pad|> logits). Both samplers check it and
+    raise NON_FINITE."""
+    return (torch.isnan(logits) | torch.isposinf(logits)).any()
+
+
+NON_FINITE = "the model's logits are not finite"
+
+
 def top_k(score, cand, k: int):
     """Bool [n, Tb]: the k highest-scoring candidates of each row (fewer if it has fewer)."""
     top = score.masked_fill(~cand, -math.inf).topk(min(k, cand.shape[1]), dim=1).indices
@@ -230,10 +240,8 @@ def generate(model, prompts, block_size: int, rule: str = "dynamic", threshold: 
             at = alive[rows]  # their batch indices
             logits = model.decode_step(cache, pending[rows], pending_bid, blk[rows], b,
                                        None if every else rows).float()
-            # weights blown up by an update: say so, not nonsense tokens (-inf is fine:
-            # GPT.head's <|mask|> and <|pad|> logits)
-            if (torch.isnan(logits) | torch.isposinf(logits)).any():
-                raise FloatingPointError("the model's logits are not finite")
+            if non_finite(logits):  # weights blown up by an update: say so, not nonsense tokens
+                raise FloatingPointError(NON_FINITE)
             pending = pending[:, :0]
             lp_all = policy_logprobs(logits, temperature)
             tok = sample_tokens(lp_all, u[rows]) if temperature > 0 else lp_all.argmax(-1)
@@ -351,7 +359,7 @@ def _denoise_step(model, pending, blk, pos, mask, cache_k, cache_v, fwd, logp, n
     Tp = pending.shape[1]
     x, keys, values = model.hidden(torch.cat([pending, blk], 1), pos, mask, cache_k, cache_v)
     logits = model.head(x)[:, Tp:].float()
-    bad = (torch.isnan(logits) | torch.isposinf(logits)).any()
+    bad = non_finite(logits)
     masked = blk == MASK_ID
     need = masked.any(1) & ~done
     lp_all = policy_logprobs(logits, temperature)
@@ -522,7 +530,7 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
                 n_sync += 1
                 more, bad_now = flags.tolist()
                 if bad_now:
-                    raise FloatingPointError("the model's logits are not finite")
+                    raise FloatingPointError(NON_FINITE)
                 if not more:
                     break
             else:
@@ -532,7 +540,7 @@ def generate_fast(model, prompts, block_size: int, rule: str = "dynamic", thresh
     if not ask_every_step:
         n_sync += 1
         if bool(bad):
-            raise FloatingPointError("the model's logits are not finite")
+            raise FloatingPointError(NON_FINITE)
     if stats is not None:
         stats.update(forwards=n_fwd, syncs=n_sync)
     # From here on exactly as in `generate`, for the n rows asked for.
@@ -551,11 +559,13 @@ COMPILE = True   # --no-compile sets it False: eager everywhere
 _broken = []     # the reason torch.compile failed, once it has
 
 
+@functools.lru_cache(maxsize=None)
 def compile_unavailable(device_type: str):
     """Why torch.compile cannot build here, in one line, or None if it can be tried. Inductor
     writes C++ (CPU) or Triton kernels whose launcher is C (CUDA): both need a C compiler and
     Python's headers. Checked up front, so a caller that needs the compiled sampler can skip it
-    with one line instead of failing deep inside its first compile."""
+    with one line instead of failing deep inside its first compile; once per process, since
+    decode_blocks asks before every decode."""
     import shutil
     import sysconfig
     names = ("c++", "g++", "clang++") if device_type == "cpu" else ("cc", "gcc", "clang")
